@@ -1,0 +1,328 @@
+"""Fan-out of broker events to this process's open streams.
+
+One broker subscription per job however many streams follow it (reference-counted), one
+more for the every-job feed while a dashboard listens, frames encoded once per event,
+and a bounded mailbox per stream that conflates to the latest snapshot when its client
+reads slower than events arrive. One ticker sends every stream's heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import msgspec
+import structlog
+from sse_starlette import EventSourceResponse
+
+from app import frames, metrics
+from pubsub.broker import Broker
+from pubsub.errors import BrokerUnavailable, JobNotFound
+from pubsub.events import ENCODER, ENVELOPE_DECODER, EventKind, Snapshot
+from pubsub.store import JobStore
+
+log = structlog.get_logger(__name__)
+
+# A stream that falls this many frames behind has its backlog conflated to the latest
+# frame per job: every event is a full snapshot, so the latest one loses no state.
+MAX_PENDING_FRAMES: Final = 64
+RESYNC_JOBS: Final = 200
+# A token's expiry ends its stream at most this late (API.md §3).
+TOKEN_CHECK_INTERVAL: Final = 1.0
+# How long a stream told to go away (shutdown) waits before reconnecting: short, because
+# another hub is there, and jittered, so that its clients do not all arrive at once.
+DRAIN_RETRY_MS: Final = (250, 2000)
+
+
+@dataclass(slots=True, eq=False)
+class Subscriber:
+    """One open stream's mailbox: frames waiting to be written, bounded and conflating."""
+
+    job_id: str | None
+    """The job this stream follows; None for the every-job feed."""
+    jobs: frozenset[str] | None = None
+    """For the every-job feed: only these jobs (None: all)."""
+    last_seq: int = 0
+    expires_at: float | None = None
+    closed: bool = False
+    _frames: deque[tuple[str, int, bytes]] = field(default_factory=deque)
+    # A bare loop future, not anyio.Event: anyio.Event() looks up the async backend on
+    # every construction, and a stream waits once per delivery (issue 6, bench profile).
+    _wakeup: asyncio.Future[None] | None = None
+
+    def push(self, job_id: str, frame: bytes, *, seq: int = 0, final: bool = False) -> None:
+        """Queue a frame (of `seq`, when it is one job's event); `final` ends the stream."""
+        if self.closed:
+            return
+        frames_ = self._frames
+        frames_.append((job_id, seq, frame))
+        if len(frames_) > MAX_PENDING_FRAMES:
+            self._conflate()
+        if final:
+            self.closed = True
+        self._wake()
+
+    def start_after(self, seq: int) -> None:
+        """Resume live delivery after `seq`: drop what was queued up to it while loading."""
+        self.last_seq = max(self.last_seq, seq)
+        self._frames = deque(item for item in self._frames if item[1] == 0 or item[1] > seq)
+
+    def close(self) -> None:
+        """End the stream after what is already queued."""
+        self.closed = True
+        self._wake()
+
+    def wants(self, job_id: str) -> bool:
+        """True when this every-job stream shows `job_id`."""
+        return self.jobs is None or job_id in self.jobs
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing waits to be written."""
+        return not self._frames
+
+    async def next_frames(self) -> bytes | None:
+        """Everything queued, as one write; None once the stream is over."""
+        while not self._frames:
+            if self.closed:
+                return None
+            waiter = self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._wakeup = None
+        batch = b"".join(frame for _, _, frame in self._frames)
+        self._frames.clear()
+        return batch
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _conflate(self) -> None:
+        latest: dict[str, tuple[str, int, bytes]] = {}
+        for item in self._frames:
+            latest.pop(item[0], None)
+            latest[item[0]] = item
+        self._frames = deque(latest.values())
+        metrics.FRAMES_CONFLATED.inc()
+
+
+@dataclass(slots=True, eq=False)
+class _Channel:
+    """The streams of one job (or of the every-job feed), sharing one broker subscription."""
+
+    subscribers: set[Subscriber] = field(default_factory=set)
+    last_seq: int = 0
+
+
+class Fanout:
+    """Routes broker envelopes to the open streams of this process."""
+
+    def __init__(self, broker: Broker, store: JobStore, *, heartbeat: float) -> None:
+        if heartbeat <= 0:
+            raise ValueError(f"heartbeat must be positive, got {heartbeat}")
+        self._broker = broker
+        self._store = store
+        self._heartbeat = heartbeat
+        self._channels: dict[str | None, _Channel] = {}
+        self._lock = anyio.Lock()
+        self.open_streams = 0
+        self.draining = False
+
+    async def run(self) -> None:
+        """Listen to the broker and tick heartbeats until cancelled (owned by the lifespan)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._broker.listen, self._on_message, self._resync)
+            tg.start_soon(self._tick)
+            tg.start_soon(self._close_on_exit)
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        job_id: str | None,
+        *,
+        jobs: Iterable[str] | None = None,
+        expires_at: float | None = None,
+    ) -> AsyncIterator[Subscriber]:
+        """Register a stream for one job (None: every job) for the duration of the block."""
+        subscriber = Subscriber(
+            job_id=job_id, jobs=frozenset(jobs) if jobs else None, expires_at=expires_at
+        )
+        self.open_streams += 1
+        metrics.STREAMS_OPEN.inc()
+        try:
+            await self._join(job_id, subscriber)
+            if self.draining:
+                # Admitted just before the shutdown notice: send it elsewhere too.
+                self._send_away(subscriber)
+            yield subscriber
+        finally:
+            self.open_streams -= 1
+            metrics.STREAMS_OPEN.dec()
+            subscriber.close()
+            with anyio.CancelScope(shield=True):
+                await self._leave(job_id, subscriber)
+
+    async def _join(self, job_id: str | None, subscriber: Subscriber) -> None:
+        async with self._lock:
+            channel = self._channels.get(job_id)
+            if channel is None:
+                # Shielded: a client leaving mid-subscribe must not leave Redis subscribed to
+                # a channel nobody here follows (found by the 2,000-client churn test).
+                with anyio.CancelScope(shield=True):
+                    await self._broker.subscribe(job_id)
+                channel = self._channels[job_id] = _Channel()
+                metrics.SUBSCRIPTIONS.inc()
+            channel.subscribers.add(subscriber)
+
+    async def _leave(self, job_id: str | None, subscriber: Subscriber) -> None:
+        """Remove a stream wherever its join got to; the last one out unsubscribes."""
+        async with self._lock:
+            channel = self._channels.get(job_id)
+            if channel is None:
+                return
+            channel.subscribers.discard(subscriber)
+            if channel.subscribers:
+                return
+            del self._channels[job_id]
+            metrics.SUBSCRIPTIONS.dec()
+            try:
+                await self._broker.unsubscribe(job_id)
+            except BrokerUnavailable:
+                log.debug("unsubscribe_deferred", job_id=job_id)
+
+    def _on_message(self, raw: bytes, every_job: bool) -> None:
+        try:
+            envelope = ENVELOPE_DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Someone else's PUBLISH on our channel: never let it reach a browser.
+            log.warning("broker_message_ignored", error=str(exc), size=len(raw))
+            metrics.MESSAGES_IGNORED.inc()
+            return
+        snapshot = envelope.snapshot
+        channel = self._channels.get(None if every_job else snapshot.job_id)
+        if channel is None or not channel.subscribers:
+            return
+        data = ENCODER.encode(snapshot)
+        if every_job:
+            self._deliver_every_job(channel, envelope.event, snapshot, data)
+        else:
+            self._deliver_job(channel, envelope.event, snapshot, data)
+
+    def _deliver_job(
+        self, channel: _Channel, kind: EventKind, snapshot: Snapshot, data: bytes
+    ) -> None:
+        if kind is EventKind.DELETED:
+            frame = frames.event(b"deleted", data)
+            for subscriber in list(channel.subscribers):
+                subscriber.push(snapshot.job_id, frame, final=True)
+            return
+        seq = snapshot.seq
+        if seq <= channel.last_seq:
+            return
+        channel.last_seq = seq
+        frame = frames.event(b"progress", data, seq)
+        final = snapshot.is_terminal
+        if final:
+            frame += frames.end(snapshot.job_id, seq, snapshot.status)
+        delivered = 0
+        for subscriber in channel.subscribers:
+            if seq > subscriber.last_seq:
+                subscriber.last_seq = seq
+                subscriber.push(snapshot.job_id, frame, seq=seq, final=final)
+                delivered += 1
+        metrics.EVENTS_DELIVERED.inc(delivered)
+
+    def _deliver_every_job(
+        self, channel: _Channel, kind: EventKind, snapshot: Snapshot, data: bytes
+    ) -> None:
+        name = b"deleted" if kind is EventKind.DELETED else b"progress"
+        frame = frames.event(name, data)
+        delivered = 0
+        for subscriber in channel.subscribers:
+            if subscriber.wants(snapshot.job_id):
+                subscriber.push(snapshot.job_id, frame)
+                delivered += 1
+        metrics.EVENTS_DELIVERED.inc(delivered)
+
+    async def _resync(self) -> None:
+        """After a broker outage, give every stream the current state (events may be lost)."""
+        metrics.BROKER_RECONNECTS.inc()
+        for job_id, channel in list(self._channels.items()):
+            try:
+                if job_id is None:
+                    for snapshot in await self._store.list_jobs(limit=RESYNC_JOBS):
+                        self._push_snapshot(channel, snapshot)
+                else:
+                    self._push_snapshot(channel, await self._store.get(job_id))
+            except JobNotFound:
+                continue
+            except BrokerUnavailable:
+                log.warning("resync_failed", job_id=job_id)
+                return
+
+    def _push_snapshot(self, channel: _Channel, snapshot: Snapshot) -> None:
+        data = ENCODER.encode(snapshot)
+        channel.last_seq = max(channel.last_seq, snapshot.seq)
+        for subscriber in channel.subscribers:
+            if subscriber.job_id is None:
+                if subscriber.wants(snapshot.job_id):
+                    subscriber.push(snapshot.job_id, frames.event(b"snapshot", data))
+                continue
+            subscriber.last_seq = max(subscriber.last_seq, snapshot.seq)
+            frame = frames.event(b"snapshot", data, snapshot.seq)
+            if snapshot.is_terminal:
+                frame += frames.end(snapshot.job_id, snapshot.seq, snapshot.status)
+            subscriber.push(snapshot.job_id, frame, seq=snapshot.seq, final=snapshot.is_terminal)
+
+    def drain(self) -> None:
+        """Tell every open stream to reconnect soon (to another hub) and end it (shutdown)."""
+        self.draining = True
+        streams = 0
+        for channel in list(self._channels.values()):
+            for subscriber in list(channel.subscribers):
+                self._send_away(subscriber)
+                streams += 1
+        log.info("streams_drained", streams=streams)
+
+    @staticmethod
+    def _send_away(subscriber: Subscriber) -> None:
+        subscriber.push("", frames.retry(random.randint(*DRAIN_RETRY_MS)), final=True)
+
+    async def _close_on_exit(self) -> None:
+        """End every stream once the server starts shutting down: one listener per process.
+
+        sse-starlette would otherwise run this wait as a task in every stream (issue 6:
+        a third of a stream's memory); its shared shutdown watcher still drives it.
+        """
+        await EventSourceResponse._listen_for_exit_signal()
+        for channel in list(self._channels.values()):
+            for subscriber in list(channel.subscribers):
+                subscriber.close()
+
+    async def _tick(self) -> None:
+        """The one clock of the process: ends expired tokens' streams within a second, and
+        pings idle streams every heartbeat."""
+        step = min(self._heartbeat, TOKEN_CHECK_INTERVAL)
+        next_ping = time.monotonic() + self._heartbeat
+        while True:
+            await anyio.sleep(step)
+            now = time.time()
+            ping = time.monotonic() >= next_ping
+            if ping:
+                next_ping += self._heartbeat
+            for channel in list(self._channels.values()):
+                for subscriber in list(channel.subscribers):
+                    if subscriber.expires_at is not None and subscriber.expires_at <= now:
+                        subscriber.close()
+                    elif ping and subscriber.idle:
+                        subscriber.push("", frames.PING)

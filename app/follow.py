@@ -1,0 +1,307 @@
+"""Following jobs over HTTP for `progress-hub watch`: stream first, poll as fallback.
+
+The rules of static/progress-client.js, for clients without a browser (issue 4):
+stream Server-Sent Events; after three stream attempts that deliver nothing,
+poll (`If-None-Match` for one job, the job list for all) with jittered backoff
+on failures, and try the stream again every 15 s. Every connection starts
+without Last-Event-ID, so it opens with a full snapshot: a terminal only shows
+the latest state, and a stream that answers but never delivers one counts as
+a failure.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import structlog
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
+
+from pubsub import JobStatus, Snapshot
+
+log = structlog.get_logger(__name__)
+
+EXIT_FAILED: Final = 1
+EXIT_UNKNOWN: Final = 2
+
+STREAM_FAILURES_BEFORE_POLLING: Final = 3
+POLL_INTERVAL: Final = 2.0
+STREAM_RETRY_AFTER: Final = 15.0
+BACKOFF_BASE: Final = 1.0
+BACKOFF_MAX: Final = 30.0
+LIST_LIMIT: Final = 500
+# Three missed heartbeats (15 s each by default) mean the stream is dead.
+STREAM_TIMEOUT: Final = httpx.Timeout(10.0, read=45.0)
+ACTIVE: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `GET /api/jobs`."""
+
+    jobs: list[Snapshot]
+
+
+SNAPSHOT: Final = msgspec.json.Decoder(Snapshot)
+JOB_LIST: Final = msgspec.json.Decoder(JobList)
+
+
+class WatchStopped(Exception):
+    """Following cannot go on: the job is unknown, deleted, or the token is refused."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def refuse_unless_readable(response: httpx.Response, what: str) -> None:
+    """Raise WatchStopped for the answers that end following for good (API.md §3)."""
+    if response.status_code == 404:
+        raise WatchStopped(f"{what} is unknown or has expired", EXIT_UNKNOWN)
+    if response.status_code in (401, 403):
+        status = response.status_code
+        raise WatchStopped(f"the token may not read {what} (HTTP {status})", EXIT_UNKNOWN)
+
+
+def backoff(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
+    """Seconds before retry number `failures`: doubling up to `cap`, with equal jitter."""
+    # The exponent is capped: past ~30 doublings any cap is reached, and 2.0 ** n overflows.
+    ceiling = min(cap, base * 2.0 ** min(max(0, failures - 1), 30))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+@dataclass(slots=True)
+class Connection:
+    """Stream `path` while that works and call `poll_once` while it does not.
+
+    Args:
+        on_event: handles one SSE event; returns True when following is done.
+        poll_once: one poll; returns True when done, raises httpx.HTTPError or
+            msgspec.DecodeError on a failure worth retrying.
+        on_mode: told "live", "reconnecting" or "polling" as things change.
+    """
+
+    client: httpx.Client
+    path: str
+    what: str
+    params: dict[str, str | list[str]]
+    on_event: Callable[[ServerSentEvent], bool]
+    poll_once: Callable[[], bool]
+    on_mode: Callable[[str], None]
+    poll_only: bool = False
+    poll_interval: float = POLL_INTERVAL
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    retry_hint: float | None = None
+
+    def run(self) -> None:
+        """Return once a handler says done; raise WatchStopped when the hub refuses."""
+        failures = 0
+        while True:
+            if self.poll_only or failures >= STREAM_FAILURES_BEFORE_POLLING:
+                until = None if self.poll_only else self.clock() + STREAM_RETRY_AFTER
+                if self._poll(until):
+                    return
+                failures = STREAM_FAILURES_BEFORE_POLLING - 1  # one stream try, then poll again
+                continue
+            delivered, done = self._stream()
+            if done:
+                return
+            failures = 0 if delivered else failures + 1
+            self.on_mode("reconnecting")
+            self.sleep(max(self.retry_hint or 0.0, backoff(max(1, failures))))
+
+    def _stream(self) -> tuple[bool, bool]:
+        delivered = False
+        try:
+            with connect_sse(
+                self.client, "GET", self.path, params=self.params, timeout=STREAM_TIMEOUT
+            ) as source:
+                refuse_unless_readable(source.response, self.what)
+                if source.response.status_code != 200:
+                    return False, False
+                for sse in source.iter_sse():
+                    if sse.retry is not None:
+                        self.retry_hint = sse.retry / 1000
+                    if not sse.data:
+                        continue  # a bare `retry:` block carries no event
+                    delivered = True
+                    self.on_mode("live")
+                    if self.on_event(sse):
+                        return True, True
+        except (httpx.TransportError, SSEError, msgspec.DecodeError) as exc:
+            log.debug("watch_stream_dropped", path=self.path, error=str(exc))
+        return delivered, False
+
+    def _poll(self, until: float | None) -> bool:
+        failures = 0
+        while until is None or self.clock() < until:
+            try:
+                done = self.poll_once()
+            except (httpx.HTTPError, msgspec.DecodeError) as exc:
+                failures += 1
+                log.debug("watch_poll_failed", path=self.path, error=str(exc))
+                self.on_mode("reconnecting")
+                self.sleep(backoff(failures))
+                continue
+            if done:
+                return True
+            failures = 0
+            self.on_mode("polling")
+            self.sleep(self.poll_interval)
+        return False
+
+
+@dataclass(slots=True)
+class JobWatch:
+    """Follow one job until it ends; `follow()` returns its terminal snapshot."""
+
+    client: httpx.Client
+    job_id: str
+    on_update: Callable[[Snapshot], None]
+    on_mode: Callable[[str], None] = lambda mode: None
+    token: str | None = None
+    poll_only: bool = False
+    poll_interval: float = POLL_INTERVAL
+    sleep: Callable[[float], None] = time.sleep
+    snapshot: Snapshot | None = None
+    etag: str | None = None
+
+    def follow(self) -> Snapshot:
+        """Block until the job completes, fails or is cancelled."""
+        path = f"/api/jobs/{quote(self.job_id, safe='')}"
+        Connection(
+            client=self.client,
+            path=f"{path}/events",
+            what=f"job {self.job_id}",
+            params=self._params(),
+            on_event=self._on_event,
+            poll_once=self._poll_once,
+            on_mode=self.on_mode,
+            poll_only=self.poll_only,
+            poll_interval=self.poll_interval,
+            sleep=self.sleep,
+        ).run()
+        assert self.snapshot is not None, "a connection only ends on a terminal snapshot"
+        return self.snapshot
+
+    def _params(self) -> dict[str, str | list[str]]:
+        return {"token": self.token} if self.token else {}
+
+    def _accept(self, snapshot: Snapshot) -> bool:
+        """Show a snapshot once per seq; True when it is terminal."""
+        current = self.snapshot
+        if current and snapshot.seq <= current.seq and snapshot.created_at == current.created_at:
+            return False
+        self.snapshot = snapshot
+        self.on_update(snapshot)
+        return snapshot.is_terminal
+
+    def _on_event(self, sse: ServerSentEvent) -> bool:
+        if sse.event in ("snapshot", "progress"):
+            return self._accept(SNAPSHOT.decode(sse.data))
+        if sse.event == "deleted":
+            raise WatchStopped(f"job {self.job_id} was deleted", EXIT_FAILED)
+        if sse.event == "end":
+            # "end" follows the terminal event; fetch it if we somehow missed it.
+            return (self.snapshot is not None and self.snapshot.is_terminal) or self._poll_once()
+        return False
+
+    def _poll_once(self) -> bool:
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        path = f"/api/jobs/{quote(self.job_id, safe='')}"
+        response = self.client.get(path, params=self._params(), headers=headers)
+        if response.status_code == 304:
+            return False
+        refuse_unless_readable(response, f"job {self.job_id}")
+        response.raise_for_status()
+        done = self._accept(SNAPSHOT.decode(response.content))
+        self.etag = response.headers.get("ETag")
+        return done
+
+
+@dataclass(slots=True)
+class AllWatch:
+    """Follow every job on `/api/events` until `stop(jobs)` says so (or forever)."""
+
+    client: httpx.Client
+    on_change: Callable[[dict[str, Snapshot]], None]
+    on_mode: Callable[[str], None] = lambda mode: None
+    stop: Callable[[dict[str, Snapshot]], bool] = lambda jobs: False
+    token: str | None = None
+    poll_only: bool = False
+    poll_interval: float = POLL_INTERVAL
+    jobs: dict[str, Snapshot] = field(default_factory=dict)
+    listed: bool = False
+
+    def follow(self) -> None:
+        """Block until `stop` returns True after a change."""
+        # A full list first, so `stop` judges whole tables and an idle hub ends at once.
+        try:
+            if self._poll_once():
+                return
+        except (httpx.HTTPError, msgspec.DecodeError) as exc:
+            log.debug("watch_list_failed", error=str(exc))
+        params: dict[str, str | list[str]] = {"token": self.token} if self.token else {}
+        Connection(
+            client=self.client,
+            path="/api/events",
+            what="the job stream",
+            params=params,
+            on_event=self._on_event,
+            poll_once=self._poll_once,
+            on_mode=self.on_mode,
+            poll_only=self.poll_only,
+            poll_interval=self.poll_interval,
+        ).run()
+
+    def _accept(self, snapshot: Snapshot) -> None:
+        current = self.jobs.get(snapshot.job_id)
+        if current and snapshot.seq <= current.seq and snapshot.created_at == current.created_at:
+            return
+        self.jobs[snapshot.job_id] = snapshot
+
+    def _changed(self) -> bool:
+        self.on_change(self.jobs)
+        return self.stop(self.jobs)
+
+    def _on_event(self, sse: ServerSentEvent) -> bool:
+        snapshot = SNAPSHOT.decode(sse.data)
+        if sse.event == "deleted":
+            self.jobs.pop(snapshot.job_id, None)
+        else:
+            self._accept(snapshot)
+        if sse.event == "snapshot" and not self.listed:
+            # Opening snapshots come one by one, newest first: without a full list
+            # to update, `stop` would judge a half-loaded table.
+            self.on_change(self.jobs)
+            return False
+        return self._changed()
+
+    def _poll_once(self) -> bool:
+        params: dict[str, str | int] = {"limit": LIST_LIMIT}
+        if self.token:
+            params["token"] = self.token
+        response = self.client.get("/api/jobs", params=params)
+        refuse_unless_readable(response, "the job list")
+        response.raise_for_status()
+        page = JOB_LIST.decode(response.content).jobs
+        if len(page) < LIST_LIMIT:
+            # A short page is everything there is: what is missing was deleted or expired.
+            names = {job.job_id for job in page}
+            for gone in [job_id for job_id in self.jobs if job_id not in names]:
+                del self.jobs[gone]
+        for snapshot in page:
+            self._accept(snapshot)
+        self.listed = True
+        return self._changed()
+
+
+def nothing_active(jobs: dict[str, Snapshot]) -> bool:
+    """True when no job is queued, running or retrying."""
+    return not any(job.status in ACTIVE for job in jobs.values())

@@ -1,0 +1,31 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.auth import require_any_reader
+from app.metrics import REGISTRY
+from app.responses import json_response
+from pubsub.broker import Broker
+
+
+async def healthz(request: Request) -> Response:
+    """`GET /healthz` → 200 while the process lives."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """`GET /readyz` → 200 only while the broker answers (503 + Retry-After otherwise)."""
+    require_any_reader(request)
+    broker: Broker = request.state.broker
+    await broker.ping()
+    return json_response({"status": "ready"})
+
+
+async def prometheus(request: Request) -> Response:
+    """`GET /metrics` → Prometheus text exposition."""
+    require_any_reader(request)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

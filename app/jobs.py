@@ -1,0 +1,94 @@
+"""Writes and job resources: create, publish, delete, result, history, pipelines."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import metrics
+from app.auth import require_any_reader, require_publisher, require_reader
+from app.body import check_body_size, decode_body, read_body
+from app.responses import json_response
+from pubsub.events import CREATE_DECODER, ENCODER, UPDATE_DECODER, CreateJob
+from pubsub.store import JobStore, check_job_id
+from pubsub.tokens import issue_token
+
+
+def path_job_id(request: Request) -> str:
+    """The `{job_id}` of the path, checked against the contract's pattern (400 otherwise)."""
+    job_id: str = request.path_params["job_id"]
+    check_job_id(job_id)
+    # Every log line of this request names its job (issue 5: logs with job id).
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    return job_id
+
+
+async def create_job(request: Request) -> Response:
+    """`POST /api/jobs` → 201 snapshot (with a token when subscriber auth is on)."""
+    require_publisher(request)
+    raw = await read_body(request)
+    check_body_size(raw, 0)
+    spec = decode_body(raw, CREATE_DECODER, empty=CreateJob())
+    store: JobStore = request.state.store
+    job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
+    snapshot = await store.create(job_id, pipeline=spec.pipeline, meta=spec.meta)
+    body = msgspec.structs.asdict(snapshot)
+    secret = request.state.settings.subscriber_secret
+    if secret is not None:
+        body["token"] = issue_token(secret, [snapshot.job_id], request.state.settings.token_ttl)
+    headers = {"Location": f"/api/jobs/{snapshot.job_id}", "ETag": f'"{snapshot.seq}"'}
+    return json_response(body, status_code=201, headers=headers)
+
+
+async def publish(request: Request) -> Response:
+    """`POST /api/jobs/{job_id}/events` → 202 `{"job_id", "seq"}`."""
+    started = time.perf_counter()
+    require_publisher(request)
+    job_id = path_job_id(request)
+    raw = await read_body(request)
+    update = decode_body(raw, UPDATE_DECODER)
+    result_bytes = 0 if update.result is msgspec.UNSET else len(ENCODER.encode(update.result))
+    check_body_size(raw, result_bytes)
+    store: JobStore = request.state.store
+    snapshot = await store.publish(job_id, update)
+    metrics.EVENTS_PUBLISHED.inc()
+    metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    return json_response({"job_id": job_id, "seq": snapshot.seq}, status_code=202)
+
+
+async def delete_job(request: Request) -> Response:
+    """`DELETE /api/jobs/{job_id}` → 204; its streams get `deleted` and close."""
+    require_publisher(request)
+    store: JobStore = request.state.store
+    await store.delete(path_job_id(request))
+    return Response(status_code=204)
+
+
+async def job_result(request: Request) -> Response:
+    """`GET /api/jobs/{job_id}/result` → the stored result, as published."""
+    job_id = path_job_id(request)
+    require_reader(request, [job_id])
+    store: JobStore = request.state.store
+    body, content_type = await store.result(job_id)
+    return Response(body, media_type=content_type)
+
+
+async def job_history(request: Request) -> Response:
+    """`GET /api/jobs/{job_id}/history` → `{"events": [snapshot, ...]}`, oldest first."""
+    job_id = path_job_id(request)
+    require_reader(request, [job_id])
+    store: JobStore = request.state.store
+    events = await store.history(job_id)
+    return json_response(b'{"events":[' + b",".join(events) + b"]}")
+
+
+async def list_pipelines(request: Request) -> Response:
+    """`GET /api/pipelines` → every pipeline with its ordered stages."""
+    require_any_reader(request)
+    store: JobStore = request.state.store
+    pipelines = [pipeline.to_json() for pipeline in store.pipelines.values()]
+    return json_response({"pipelines": pipelines})

@@ -1,0 +1,185 @@
+"""The ASGI application: `create_app(settings)` and the lifespan that owns every task."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from app import health, jobs, polling, sse
+from app.errors import EXCEPTION_HANDLERS
+from app.fanout import Fanout
+from app.headers import EdgeHeadersMiddleware
+from app.limits import AdmissionMiddleware
+from app.openapi import openapi_schema
+from app.settings import Settings
+from app.shutdown import ShutdownNotice
+from app.state import HubState
+from pubsub.broker import open_broker
+from pubsub.errors import BrokerUnavailable
+from pubsub.pipelines import PipelineRegistry, load_pipelines
+from pubsub.store import JobStore
+
+log = structlog.get_logger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
+STALL_SWEEP_MAX_INTERVAL: Final = 5.0
+
+
+def _routes() -> list[BaseRoute]:
+    return [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi_schema, methods=["GET"]),
+        Route("/api/pipelines", jobs.list_pipelines, methods=["GET"]),
+        Route("/api/events", sse.all_events, methods=["GET"]),
+        Route("/api/jobs", polling.list_jobs, methods=["GET"]),
+        Route("/api/jobs", jobs.create_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", polling.get_job, methods=["GET"]),
+        Route("/api/jobs/{job_id}", jobs.delete_job, methods=["DELETE"]),
+        Route("/api/jobs/{job_id}/events", sse.job_events, methods=["GET"]),
+        Route("/api/jobs/{job_id}/events", jobs.publish, methods=["POST"]),
+        Route("/api/jobs/{job_id}/history", jobs.job_history, methods=["GET"]),
+        Route("/api/jobs/{job_id}/result", jobs.job_result, methods=["GET"]),
+        Route("/api/jobs/{job_id}/milestone", polling.milestone_gate, methods=["GET"]),
+        # Anything else under /api is a JSON 404, whatever the method, never the static files.
+        Route(
+            "/api/{rest:path}",
+            _no_such_endpoint,
+            methods=["GET", "POST", "DELETE"],
+            include_in_schema=False,
+        ),
+    ] + _dashboard()
+
+
+def _dashboard() -> list[BaseRoute]:
+    # Without static/ (an install without the dashboard), `/` is a plain 404: StaticFiles on
+    # a missing directory answers every unmatched path, OPTIONS included, with a 500.
+    if not STATIC_DIR.is_dir():
+        return []
+    return [Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")]
+
+
+async def _no_such_endpoint(request: Request) -> Response:
+    raise HTTPException(404, f"There is no endpoint at {request.url.path}.")
+
+
+async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
+    """Flag silent jobs as stalled (so streams hear of it, not only the next poll), and
+    drop expired jobs from the index (so it does not grow without bound)."""
+    interval = min(stall_after / 2, STALL_SWEEP_MAX_INTERVAL)
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await store.mark_stalled(stall_after)
+            await store.prune_index()
+        except BrokerUnavailable:
+            log.debug("stall_sweep_skipped")
+
+
+def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) -> Starlette:
+    """The hub for `settings` (its broker URL must be set: see `app.embedded`).
+
+    Args:
+        shutdown: given by the server when it stops accepting connections (see
+            `app.shutdown.HubServer`); open streams are then told to reconnect elsewhere.
+    """
+    if settings.broker_url is None:
+        raise ValueError("settings.broker_url is not set (the CLI starts an embedded server)")
+    broker_url = settings.broker_url
+    pipelines = load_pipelines(settings.pipelines) if settings.pipelines else PipelineRegistry()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[HubState]:
+        broker = open_broker(broker_url)
+        store = JobStore(broker, pipelines, history=settings.history, retention=settings.retention)
+        fanout = Fanout(broker, store, heartbeat=settings.heartbeat)
+        stop_listening = shutdown.listen(fanout.drain) if shutdown is not None else None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fanout.run)
+                tg.start_soon(_sweep_stalls, store, settings.stall_after)
+                _log_start(settings, broker_url)
+                yield {"settings": settings, "broker": broker, "store": store, "fanout": fanout}
+                tg.cancel_scope.cancel()
+        finally:
+            if stop_listening is not None:
+                stop_listening()
+            with anyio.CancelScope(shield=True):
+                await broker.aclose()
+            log.info("hub_stopped")
+
+    return Starlette(
+        routes=_routes(),
+        middleware=_middleware(settings),
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        lifespan=lifespan,
+    )
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """Outermost first: every answer, refusals included, gets an id, headers and CORS."""
+    middleware = [Middleware(EdgeHeadersMiddleware)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Last-Event-ID",
+                    "If-None-Match",
+                    "X-Request-ID",
+                ],
+                expose_headers=["ETag", "Retry-After", "Location", "X-Request-ID"],
+                max_age=600,
+            )
+        )
+    middleware.append(Middleware(AdmissionMiddleware, max_connections=settings.max_connections))
+    return middleware
+
+
+def _log_start(settings: Settings, broker_url: str) -> None:
+    """Say how the hub is set up, and warn about open doors; never log a secret."""
+    log.info(
+        "hub_started",
+        broker=_redacted(broker_url),
+        publish_key=settings.publish_key is not None,
+        subscriber_tokens=settings.subscriber_secret is not None,
+        cors_origins=list(settings.cors_origins),
+        max_connections=settings.max_connections,
+    )
+    if settings.publish_key is None:
+        # Issue 5: with no key, writes are refused from anywhere but this machine.
+        log.warning(
+            "publish_key_missing",
+            detail="no PROGRESS_PUBLISH_KEY: only loopback clients may create, publish or delete",
+        )
+    if settings.subscriber_secret is None:
+        log.info("subscriber_tokens_off", detail="no PROGRESS_SUBSCRIBER_SECRET: reads are open")
+
+
+def _redacted(url: str) -> str:
+    """A broker URL fit for logs: no user, no password, no query (it may hold `password=`)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    userinfo = "***@" if parts.username or parts.password else ""
+    return f"{parts.scheme}://{userinfo}{host}{parts.path}"

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the hub process, on a registry of their own.
+
+Metrics describe the process, not one app instance, so they live at module level like
+prometheus-client intends; `GET /metrics` renders `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY: Final = CollectorRegistry()
+
+STREAMS_OPEN: Final = Gauge("progress_streams_open", "Open SSE streams", registry=REGISTRY)
+SUBSCRIPTIONS: Final = Gauge(
+    "progress_subscriptions", "Broker channels this process listens to", registry=REGISTRY
+)
+EVENTS_PUBLISHED: Final = Counter(
+    "progress_events_published", "Updates accepted over HTTP", registry=REGISTRY
+)
+EVENTS_DELIVERED: Final = Counter(
+    "progress_events_delivered", "Events queued to open streams", registry=REGISTRY
+)
+FRAMES_CONFLATED: Final = Counter(
+    "progress_frames_conflated", "Stream backlogs conflated for slow clients", registry=REGISTRY
+)
+MESSAGES_IGNORED: Final = Counter(
+    "progress_messages_ignored", "Malformed broker messages dropped", registry=REGISTRY
+)
+BROKER_RECONNECTS: Final = Counter(
+    "progress_broker_reconnects", "Subscription feed reconnects", registry=REGISTRY
+)
+SLOW_CLIENT_DISCONNECTS: Final = Counter(
+    "progress_slow_client_disconnects",
+    "Streams dropped because their client read nothing for the send timeout",
+    registry=REGISTRY,
+)
+STREAMS_REFUSED: Final = Counter(
+    "progress_streams_refused", "Streams turned away (limit or outage)", registry=REGISTRY
+)
+PUBLISH_SECONDS: Final = Histogram(
+    "progress_publish_seconds", "HTTP publish latency", registry=REGISTRY
+)

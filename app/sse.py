@@ -1,0 +1,223 @@
+"""Server-Sent Event streams: one job's events, and every job's for dashboards (API.md §3)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+import structlog
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from app import frames, metrics
+from app.auth import require_reader
+from app.fanout import DRAIN_RETRY_MS, Fanout, Subscriber
+from app.jobs import path_job_id
+from app.settings import Settings
+from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobNotFound
+from pubsub.events import ENCODER, Snapshot, is_valid_job_id
+from pubsub.store import JobStore
+from pubsub.tokens import TokenClaims
+
+log = structlog.get_logger(__name__)
+
+STREAM_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# How long a turned-away browser waits before it comes back: 5-15 s, jittered so that a
+# crowd turned away together does not return together.
+TURN_AWAY_RETRY_MS: Final = (5000, 15000)
+TURN_AWAY_SEND_TIMEOUT: Final = 5.0
+MAX_DASHBOARD_JOBS: Final = 500
+# `?job=` filters of the every-job feed: each is held for the stream's life (issue 5: no
+# unbounded structure keyed by client input).
+MAX_FILTER_JOBS: Final = 100
+
+
+class HubStream(EventSourceResponse):
+    """sse-starlette's response, lean enough to hold tens of thousands per process (issue 6).
+
+    With `ping=0` nothing but the body iterator sends, so there is no send lock, and the
+    body already yields encoded frames. One helper task per stream instead of three: it
+    watches for the client's disconnect and, every half `send_timeout`, for a send stuck
+    that long (a client that stopped reading), which ends the stream. That replaces the
+    anyio cancel scope sse-starlette opens around every send, the largest single cost
+    after the socket write in the fan-out profile. Shutdown is one listener per process
+    (`Fanout`), not a task per stream.
+    """
+
+    _sending_since: float | None = None
+    _stuck = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, receive, tg.cancel_scope)
+                await self._stream_response(send)
+                tg.cancel_scope.cancel()
+        finally:
+            # Cancelled mid-send, the body is suspended at a yield: close it so that its
+            # subscription is released now, not when the generator is collected.
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        if self._stuck:
+            metrics.SLOW_CLIENT_DISCONNECTS.inc()
+            log.info("slow_client_disconnected", send_timeout=self.send_timeout)
+
+    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        timeout = self.send_timeout or 30.0
+        while True:
+            with anyio.move_on_after(timeout / 2):
+                if (await receive())["type"] == "http.disconnect":
+                    break
+                continue
+            since = self._sending_since
+            if since is not None and time.monotonic() - since >= timeout:
+                self._stuck = True
+                break
+        scope.cancel()
+
+    async def _stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            self._sending_since = time.monotonic()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._sending_since = None
+        self.active = False
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stream(body: AsyncIterator[bytes], send_timeout: float) -> EventSourceResponse:
+    # ping=0: heartbeats come from the fan-out's one shared ticker, not a task per stream.
+    return HubStream(body, headers=STREAM_HEADERS, ping=0, send_timeout=send_timeout)
+
+
+def turn_away(retry_ms: tuple[int, int] = TURN_AWAY_RETRY_MS) -> EventSourceResponse:
+    """200, a jittered `retry:` and a close: a browser retries that, never a 503 (API.md §3)."""
+    metrics.STREAMS_REFUSED.inc()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield frames.retry(random.randint(*retry_ms))
+
+    return _stream(body(), TURN_AWAY_SEND_TIMEOUT)
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidUpdate("Last-Event-ID must be a whole number", field="last_event_id") from None
+    if value < 0:
+        raise InvalidUpdate("Last-Event-ID must not be negative", field="last_event_id")
+    return value
+
+
+async def _pump(subscriber: Subscriber) -> AsyncIterator[bytes]:
+    while (batch := await subscriber.next_frames()) is not None:
+        yield batch
+
+
+async def job_events(request: Request) -> Response:
+    """`GET /api/jobs/{job_id}/events`: snapshot or replay, then live events, then `end`."""
+    job_id = path_job_id(request)
+    claims = require_reader(request, [job_id])
+    last_seq = _last_event_id(request)
+    settings: Settings = request.state.settings
+    store: JobStore = request.state.store
+    fanout: Fanout = request.state.fanout
+    if fanout.draining:
+        return turn_away(DRAIN_RETRY_MS)
+    try:
+        snapshot = await store.get(job_id)
+    except BrokerUnavailable:
+        return turn_away()
+    if snapshot.is_terminal and last_seq == snapshot.seq:
+        # The client has the final event: 204 tells a browser to stop reconnecting.
+        return Response(status_code=204)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield frames.retry(settings.retry_ms)
+        try:
+            async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as subscriber:
+                # Subscribed first, read second: nothing published in between is missed,
+                # and start_after() drops what the read already covers.
+                replay = await store.replay(job_id, -1 if last_seq is None else last_seq)
+                current = replay.snapshot
+                subscriber.start_after(current.seq)
+                if replay.missed is None:
+                    yield frames.event(b"snapshot", ENCODER.encode(current), current.seq)
+                else:
+                    first = current.seq - len(replay.missed) + 1
+                    yield b"".join(
+                        frames.event(b"progress", event, first + i)
+                        for i, event in enumerate(replay.missed)
+                    )
+                if current.is_terminal:
+                    yield frames.end(job_id, current.seq, current.status)
+                    return
+                async for batch in _pump(subscriber):
+                    yield batch
+        except BrokerUnavailable:
+            metrics.STREAMS_REFUSED.inc()
+            yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
+
+    return _stream(body(), settings.send_timeout)
+
+
+async def all_events(request: Request) -> Response:
+    """`GET /api/events`: every job's events (or `?job=` ones), for dashboards."""
+    named = request.query_params.getlist("job")
+    if len(named) > MAX_FILTER_JOBS:
+        raise InvalidUpdate(f"at most {MAX_FILTER_JOBS} job filters", field="job")
+    jobs = list(dict.fromkeys(named))
+    for job_id in jobs:
+        if not is_valid_job_id(job_id):
+            raise InvalidUpdate(f"{job_id!r} is not a valid job id", field="job")
+    claims = require_reader(request, jobs or None)
+    settings: Settings = request.state.settings
+    store: JobStore = request.state.store
+    fanout: Fanout = request.state.fanout
+    if fanout.draining:
+        return turn_away(DRAIN_RETRY_MS)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield frames.retry(settings.retry_ms)
+        try:
+            async with fanout.subscribe(None, jobs=jobs, expires_at=_expiry(claims)) as subscriber:
+                if jobs:
+                    snapshots = await _existing(store, jobs)
+                else:
+                    snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
+                yield b"".join(frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots)
+                async for batch in _pump(subscriber):
+                    yield batch
+        except BrokerUnavailable:
+            metrics.STREAMS_REFUSED.inc()
+            yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
+
+    return _stream(body(), settings.send_timeout)
+
+
+async def _existing(store: JobStore, jobs: list[str]) -> list[Snapshot]:
+    found: list[Snapshot] = []
+    for job_id in jobs:
+        try:
+            found.append(await store.get(job_id))
+        except (JobNotFound, InvalidUpdate):
+            continue  # a narrowing filter may name jobs that do not exist (yet)
+    return found
+
+
+def _expiry(claims: TokenClaims | None) -> float | None:
+    return None if claims is None else claims.exp

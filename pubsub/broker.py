@@ -1,0 +1,130 @@
+"""The Broker contract, and the one factory that picks a backend by URL scheme.
+
+A broker provides the primitives the rest of progress-hub is built on: an atomic
+compare-and-set commit of a job (seq, record, capped history, result, TTL and the
+publication, all in one step), reads, the job index, the milestone cursors, and one
+subscription feed per process. The rules of *what* to commit live in `pubsub.merge` and
+`pubsub.store`, once, for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+OnMessage = Callable[[bytes, bool], None]
+"""Called with each raw envelope delivered to this process, and whether it came through
+the every-job feed (True) or the job's own subscription (False)."""
+
+OnReconnect = Callable[[], Awaitable[None]]
+"""Called after the subscription feed came back from an outage (messages may be lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One atomic write of a job: applied only if the stored seq is still `expected_seq`."""
+
+    job_id: str
+    expected_seq: int
+    record: bytes
+    snapshot: bytes
+    envelope: bytes
+    ttl: int
+    history_len: int
+    created_at: float
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MilestoneStep:
+    """What one call of the milestone gate did to a client's cursor."""
+
+    milestone: float | None
+    calls: int
+
+
+class Broker(Protocol):
+    """Storage and pub/sub primitives of one backend (memory, redis)."""
+
+    async def load(self, job_id: str) -> bytes | None:
+        """The stored record of a job, or None."""
+        ...
+
+    async def load_seq(self, job_id: str) -> int | None:
+        """The stored seq of a job (no record decoded), or None."""
+        ...
+
+    async def load_many(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several jobs, None where missing, in order."""
+        ...
+
+    async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
+        """Write `commit` if the stored seq matches; else return the stored record."""
+        ...
+
+    async def history(self, job_id: str, count: int) -> list[bytes]:
+        """The last `count` retained snapshots of a job, oldest first."""
+        ...
+
+    async def result(self, job_id: str) -> bytes | None:
+        """The stored result of a job, or None."""
+        ...
+
+    async def delete(self, job_id: str, envelope: bytes) -> bool:
+        """Remove every key of a job and publish `envelope`; False if it did not exist."""
+        ...
+
+    async def recent_jobs(self, start: int, stop: int) -> list[str]:
+        """Ids in the job index, newest first, positions `start` to `stop` inclusive."""
+        ...
+
+    async def forget(self, job_ids: Sequence[str]) -> None:
+        """Drop ids from the job index (their keys have expired)."""
+        ...
+
+    async def advance_milestone(
+        self,
+        job_id: str,
+        client: str,
+        milestones: Sequence[float],
+        progress: float,
+        max_clients: int,
+    ) -> MilestoneStep:
+        """Count a gate call and move the client's cursor by at most one reached milestone."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the broker answers; raise `BrokerUnavailable` otherwise."""
+        ...
+
+    async def listen(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+        """Feed every envelope of the subscribed jobs to `on_message`, until cancelled."""
+        ...
+
+    async def subscribe(self, job_id: str | None) -> None:
+        """Start receiving one job's events (None: every job's)."""
+        ...
+
+    async def unsubscribe(self, job_id: str | None) -> None:
+        """Stop receiving one job's events (None: the every-job feed)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def open_broker(url: str) -> Broker:
+    """The broker for `url`: `memory://` or `redis://host:port/db` (also `rediss://`)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from pubsub.brokers.memory import MemoryBroker
+
+        return MemoryBroker()
+    if scheme in ("redis", "rediss", "unix", "valkey"):
+        from pubsub.brokers.redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ValueError(f"unknown broker scheme {scheme!r} in {url!r} (use redis:// or memory://)")

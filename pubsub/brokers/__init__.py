@@ -1,0 +1,1 @@
+"""Broker backends; pick one with `pubsub.open_broker(url)`."""

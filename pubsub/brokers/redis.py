@@ -1,0 +1,378 @@
+"""Redis (or Valkey) broker: Lua scripts for atomic commits, one pub/sub connection per process.
+
+Every key of a job carries the job id as a hash tag (`progress:{id}:...`) so that a job's
+keys share one Redis Cluster slot and the commit script stays a single atomic step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final, cast
+
+import anyio
+import redis.asyncio as redis
+import structlog
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pubsub.broker import Commit, MilestoneStep, OnMessage, OnReconnect
+from pubsub.errors import BrokerUnavailable
+
+log = structlog.get_logger(__name__)
+
+INDEX_KEY: Final = "progress:jobs"
+CHANNEL_PREFIX: Final = "progress:events:"
+EVERY_JOB_PATTERN: Final = CHANNEL_PREFIX + "*"
+# Keeps the subscription connection subscribed (and so readable) while no job is.
+CONTROL_CHANNEL: Final = "progress:control"
+SUBSCRIBE_TIMEOUT: Final = 5.0
+COMMAND_CONNECT_TIMEOUT: Final = 2.0
+COMMAND_TIMEOUT: Final = 3.0
+RECONNECT_BACKOFF_MIN: Final = 0.05
+RECONNECT_BACKOFF_MAX: Final = 1.0
+POOL_SIZE: Final = 64
+POOL_WAIT: Final = 5.0
+OUTAGE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def job_key(job_id: str) -> str:
+    """Hash holding a job's `seq` and `record`."""
+    return f"progress:{{{job_id}}}:job"
+
+
+def history_key(job_id: str) -> str:
+    """Capped list of a job's retained snapshots, oldest first."""
+    return f"progress:{{{job_id}}}:history"
+
+
+def result_key(job_id: str) -> str:
+    """A job's stored result."""
+    return f"progress:{{{job_id}}}:result"
+
+
+def milestones_key(job_id: str) -> str:
+    """Hash of the milestone-gate cursors of a job's clients."""
+    return f"progress:{{{job_id}}}:milestones"
+
+
+def channel(job_id: str | None) -> str:
+    """The pub/sub channel of a job (None: the pattern of every job's channel)."""
+    return EVERY_JOB_PATTERN if job_id is None else CHANNEL_PREFIX + job_id
+
+
+def _job_keys(job_id: str) -> list[str]:
+    return [job_key(job_id), history_key(job_id), result_key(job_id), milestones_key(job_id)]
+
+
+def _script(name: str) -> str:
+    return resources.files("pubsub").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@asynccontextmanager
+async def _translated_outage() -> AsyncIterator[None]:
+    """Turn redis-py's connection failures into the domain's `BrokerUnavailable`."""
+    try:
+        yield
+    except OUTAGE_ERRORS as exc:
+        raise BrokerUnavailable(type(exc).__name__) from exc
+
+
+@dataclass(slots=True)
+class _PendingCommit:
+    """A commit waiting in the current batch, and where its script's reply goes."""
+
+    commit: Commit
+    reply: asyncio.Future[Any]
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError)
+
+
+def _first(replies: Iterator[Any]) -> Any:
+    """The next reply, skipping the index write sent after it."""
+    reply = next(replies)
+    next(replies)
+    return reply
+
+
+class RedisBroker:
+    """A `Broker` on one Redis-compatible server shared by every hub and worker."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # One quick retry covers a pooled connection that died with a Redis restart; more,
+        # with redis-py's default backoff (1 s, 2 s, 4 s), would hold every HTTP caller for
+        # seconds in a real outage, where the contract wants a 503 at once (API.md §2).
+        # The pool blocks rather than raising: redis-py's default async pool raises
+        # MaxConnectionsError once 100 commands are in flight, which turned a burst of
+        # stream connects away while Redis was fine (issue 6, bench fan-out).
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
+            socket_connect_timeout=COMMAND_CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+        )
+        self._client = redis.Redis(
+            connection_pool=self._pool, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1)
+        )
+        # The subscription connection gets no silent retries: an outage must surface
+        # here, so that the listener resubscribes and resyncs every open stream.
+        self._feed_client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=COMMAND_CONNECT_TIMEOUT,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._commit = self._client.register_script(_script("commit.lua"))
+        self._delete = self._client.register_script(_script("delete.lua"))
+        self._milestone = self._client.register_script(_script("milestone.lua"))
+        self._subscribed: set[str | None] = set()
+        self._confirmations: dict[bytes, anyio.Event] = {}
+        self._pubsub: PubSub | None = None
+        self._subscribe_lock = anyio.Lock()
+        self._batch: list[_PendingCommit] | None = None
+
+    async def load(self, job_id: str) -> bytes | None:
+        async with _translated_outage():
+            record = cast(bytes | None, await self._client.hget(job_key(job_id), "record"))
+        return record
+
+    async def load_seq(self, job_id: str) -> int | None:
+        async with _translated_outage():
+            seq = cast(bytes | None, await self._client.hget(job_key(job_id), "seq"))
+        return int(seq) if seq is not None else None
+
+    async def load_many(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        if not job_ids:
+            return []
+        async with _translated_outage():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(job_key(job_id), "record")
+                records = cast(list[bytes | None], await pipe.execute())
+        return records
+
+    async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
+        pending = _PendingCommit(commit, asyncio.get_running_loop().create_future())
+        if self._batch is not None:
+            self._batch.append(pending)  # the batch's leader has not sent it yet
+        else:
+            # Commits made in the same tick of the loop (concurrent publishers, concurrent
+            # HTTP requests) share one pipelined round trip; each is still its own atomic
+            # compare-and-set script. Shielded: the other callers' replies depend on it,
+            # and the socket timeouts bound it.
+            self._batch = batch = [pending]
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.sleep(0)
+                finally:
+                    self._batch = None
+                await self._send_batch(batch)
+        async with _translated_outage():
+            reply = await pending.reply
+        if reply[0] == 1:
+            return True, None
+        return False, reply[1] if len(reply) > 1 else None
+
+    async def _send_batch(self, batch: list[_PendingCommit]) -> None:
+        try:
+            replies = await self._pipeline_commits(batch)
+            missing = [p for p, r in zip(batch, replies, strict=True) if _is_noscript(r)]
+            if missing:  # Redis restarted and forgot the script: load it, send those again
+                await self._client.script_load(self._commit.script)
+                for p, r in zip(missing, await self._pipeline_commits(missing), strict=True):
+                    replies[batch.index(p)] = r
+        except Exception as exc:  # every caller of the batch learns of the failure
+            for p in batch:
+                p.reply.set_exception(exc)
+            return
+        for p, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                p.reply.set_exception(reply)
+            else:
+                p.reply.set_result(reply)
+
+    async def _pipeline_commits(self, batch: list[_PendingCommit]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for p in batch:
+                c = p.commit
+                keys = _job_keys(c.job_id)
+                args: list[Any] = [
+                    c.expected_seq,
+                    c.record,
+                    c.snapshot,
+                    channel(c.job_id),
+                    c.envelope,
+                    c.ttl,
+                    c.history_len,
+                    c.result if c.result is not None else b"",
+                ]
+                pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+                if c.expected_seq == 0:
+                    # A new job also enters the index, in the same round trip.
+                    pipe.zadd(INDEX_KEY, {c.job_id: c.created_at})
+            replies = await pipe.execute(raise_on_error=False)
+        # Keep only the scripts' replies (drop those of the index writes).
+        it = iter(replies)
+        return [next(it) if p.commit.expected_seq else _first(it) for p in batch]
+
+    async def history(self, job_id: str, count: int) -> list[bytes]:
+        if count <= 0:
+            return []
+        async with _translated_outage():
+            entries = cast(list[bytes], await self._client.lrange(history_key(job_id), -count, -1))
+        return entries
+
+    async def result(self, job_id: str) -> bytes | None:
+        async with _translated_outage():
+            stored = cast(bytes | None, await self._client.get(result_key(job_id)))
+        return stored
+
+    async def delete(self, job_id: str, envelope: bytes) -> bool:
+        async with _translated_outage():
+            existed = await self._delete(keys=_job_keys(job_id), args=[channel(job_id), envelope])
+            await self._client.zrem(INDEX_KEY, job_id)
+        return bool(existed)
+
+    async def recent_jobs(self, start: int, stop: int) -> list[str]:
+        async with _translated_outage():
+            ids = cast(list[bytes], await self._client.zrevrange(INDEX_KEY, start, stop))
+        return [job_id.decode() for job_id in ids]
+
+    async def forget(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            async with _translated_outage():
+                await self._client.zrem(INDEX_KEY, *job_ids)
+
+    async def advance_milestone(
+        self,
+        job_id: str,
+        client: str,
+        milestones: Sequence[float],
+        progress: float,
+        max_clients: int,
+    ) -> MilestoneStep:
+        async with _translated_outage():
+            reply = await self._milestone(
+                keys=[milestones_key(job_id), job_key(job_id)],
+                args=[client, repr(progress), max_clients, *(repr(m) for m in milestones)],
+            )
+        if reply[0] == -2:
+            raise ValueError(f"too many milestone clients for this job (limit {max_clients})")
+        if reply[0] == -1:
+            return MilestoneStep(milestone=None, calls=0)
+        milestone = float(reply[2]) if reply[0] == 1 else None
+        return MilestoneStep(milestone=milestone, calls=int(reply[1]))
+
+    async def ping(self) -> None:
+        async with _translated_outage():
+            await self._client.ping()
+
+    async def listen(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+        backoff, reconnecting = RECONNECT_BACKOFF_MIN, False
+        while True:
+            pubsub = self._feed_client.pubsub()
+            try:
+                await pubsub.subscribe(CONTROL_CHANNEL)
+                async with self._subscribe_lock:
+                    # Under the lock, so that a stream joining or leaving meanwhile is neither
+                    # missed nor revived; streams may subscribe only once this is done.
+                    for job_id in self._subscribed:
+                        await self._send_subscribe(pubsub, job_id)
+                    self._pubsub = pubsub
+                if reconnecting:
+                    log.info("broker_subscription_restored", jobs=len(self._subscribed))
+                    await on_reconnect()
+                backoff, reconnecting = RECONNECT_BACKOFF_MIN, False
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._dispatch(message, on_message)
+            except OUTAGE_ERRORS as exc:
+                if not reconnecting:
+                    log.warning("broker_subscription_lost", error=type(exc).__name__)
+                reconnecting = True
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
+            finally:
+                self._pubsub = None
+                with anyio.CancelScope(shield=True):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def subscribe(self, job_id: str | None) -> None:
+        async with self._subscribe_lock:
+            pubsub = self._pubsub
+            if pubsub is None:
+                raise BrokerUnavailable("no subscription connection")
+            key = channel(job_id).encode()
+            confirmed = self._confirmations[key] = anyio.Event()
+            try:
+                async with _translated_outage():
+                    await self._send_subscribe(pubsub, job_id)
+                # Wait for Redis to confirm: only then is no later publish missed by a
+                # reader that loads the snapshot next.
+                with anyio.fail_after(SUBSCRIBE_TIMEOUT):
+                    await confirmed.wait()
+            except BaseException as exc:
+                # The SUBSCRIBE may have reached Redis: take it back, or it leaks there.
+                with anyio.CancelScope(shield=True):
+                    await self._send_unsubscribe(pubsub, job_id)
+                if isinstance(exc, TimeoutError):
+                    raise BrokerUnavailable("subscription not confirmed") from None
+                raise
+            finally:
+                self._confirmations.pop(key, None)
+            self._subscribed.add(job_id)
+
+    async def unsubscribe(self, job_id: str | None) -> None:
+        async with self._subscribe_lock:
+            self._subscribed.discard(job_id)
+            pubsub = self._pubsub
+            if pubsub is not None:
+                # The listener resubscribes only what is still wanted after a reconnect.
+                await self._send_unsubscribe(pubsub, job_id)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        await self._pool.aclose()  # a client given a pool does not close it
+        await self._feed_client.aclose()
+
+    @staticmethod
+    async def _send_subscribe(pubsub: PubSub, job_id: str | None) -> None:
+        if job_id is None:
+            await pubsub.psubscribe(EVERY_JOB_PATTERN)
+        else:
+            await pubsub.subscribe(channel(job_id))
+
+    @staticmethod
+    async def _send_unsubscribe(pubsub: PubSub, job_id: str | None) -> None:
+        """Best effort: with the connection gone, so is the subscription."""
+        try:
+            if job_id is None:
+                await pubsub.punsubscribe(EVERY_JOB_PATTERN)
+            else:
+                await pubsub.unsubscribe(channel(job_id))
+        except OUTAGE_ERRORS:
+            log.debug("broker_unsubscribe_skipped", job_id=job_id)
+
+    def _dispatch(self, message: dict[str, Any], on_message: OnMessage) -> None:
+        kind = message["type"]
+        if kind == "pmessage":
+            on_message(message["data"], True)
+        elif kind == "message":
+            if message["channel"] != CONTROL_CHANNEL.encode():
+                on_message(message["data"], False)
+        elif kind in ("subscribe", "psubscribe"):
+            confirmed = self._confirmations.get(message["channel"])
+            if confirmed is not None:
+                confirmed.set()

@@ -1,0 +1,79 @@
+"""The one error hierarchy of progress-hub: raised precisely here, translated once at the edge."""
+
+from __future__ import annotations
+
+
+class ProgressError(Exception):
+    """Base of every error progress-hub raises on purpose."""
+
+
+class JobNotFound(ProgressError):
+    """The job does not exist, or has expired."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"Job {job_id!r} does not exist or has expired.")
+
+
+class JobExists(ProgressError):
+    """A job with this id already exists."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"Job {job_id!r} already exists.")
+
+
+class JobTerminal(ProgressError):
+    """The job reached a terminal status and accepts no further updates."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"Job {job_id!r} is {status} and accepts no further updates.")
+
+
+class InvalidUpdate(ProgressError):
+    """An update, job id or query failed validation; nothing was changed."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        where = f" (at {field})" if field else ""
+        super().__init__(f"{reason}{where}")
+
+
+class PayloadTooLarge(ProgressError):
+    """A body, result or metadata is over its size limit."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        super().__init__(f"{what} is over the limit of {limit} bytes.")
+
+
+class BrokerUnavailable(ProgressError):
+    """The broker (Redis) cannot be reached right now; try again later."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"The broker is unreachable{suffix}. Try again shortly.")
+
+
+class AccessDenied(ProgressError):
+    """The caller may not do this: no credentials (401) or the wrong ones (403)."""
+
+    def __init__(self, reason: str, *, authenticated: bool = True) -> None:
+        self.reason = reason
+        self.authenticated = authenticated
+        super().__init__(reason)
+
+
+class Overloaded(ProgressError):
+    """This hub process is at its connection limit (streams included); try again shortly."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"This hub is at its limit of {limit} open connections. Try again shortly."
+        )

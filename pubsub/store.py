@@ -1,0 +1,322 @@
+"""The job store: snapshots, history, seq, results and milestone cursors on any broker.
+
+Every write is read → merge (`pubsub.merge`) → compare-and-set commit. When another
+writer committed in between, the broker hands back the fresh record and the merge runs
+again on it, so concurrent publishers never lose an update nor reorder seqs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from pubsub.broker import Broker, Commit
+from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobExists, JobNotFound, JobTerminal
+from pubsub.events import (
+    ACTIVE_STATUSES,
+    ENCODER,
+    EventKind,
+    JobStatus,
+    Snapshot,
+    Update,
+    is_valid_job_id,
+)
+from pubsub.merge import (
+    RECORD_DECODER,
+    JobRecord,
+    apply_update,
+    decode_result,
+    encode_result,
+    mark_stalled,
+    new_record,
+)
+from pubsub.pipelines import PipelineRegistry
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_HISTORY: Final = 1000
+DEFAULT_RETENTION: Final = 3600
+# An active job that hears nothing for a day is abandoned; it expires like a finished one.
+ACTIVE_TTL: Final = 86_400
+MAX_MILESTONE_CLIENTS: Final = 1000
+PRUNE_BATCH: Final = 100
+# Each failed compare-and-set means another writer got in first; past this many the job
+# is under a write storm no publisher should be part of.
+MAX_COMMIT_ATTEMPTS: Final = 200
+# Records this store committed last, kept to save a read on the next publish of the job.
+KNOWN_RECORDS: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a subscriber resuming after `Last-Event-ID` gets before live events."""
+
+    snapshot: Snapshot
+    missed: list[bytes] | None
+    """The snapshots after the client's id, oldest first; None when history does not reach."""
+
+
+class JobStore:
+    """Jobs on a broker: create, publish, read, replay, delete, list, gate milestones."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        pipelines: PipelineRegistry | None = None,
+        *,
+        history: int = DEFAULT_HISTORY,
+        retention: int = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if history < 1:
+            raise ValueError(f"history must keep at least 1 event, got {history}")
+        if retention < 1:
+            raise ValueError(f"retention must be at least 1 second, got {retention}")
+        self.broker = broker
+        self.pipelines = pipelines if pipelines is not None else PipelineRegistry()
+        self.history_len = history
+        self.retention = retention
+        self._clock = clock
+        self._known: dict[str, JobRecord] = {}
+
+    async def create(
+        self,
+        job_id: str | None = None,
+        *,
+        pipeline: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Create a job (a random id when none is given); `JobExists` if it already exists."""
+        job_id = job_id if job_id is not None else secrets.token_hex(8)
+        check_job_id(job_id)
+        try:
+            resolved = self.pipelines.resolve(pipeline)
+        except ValueError as exc:
+            raise InvalidUpdate(str(exc), field="pipeline") from None
+        record = new_record(job_id, now=self._clock(), pipeline=resolved, meta=meta)
+        committed, _ = await self.broker.commit(self._commit(record, expected_seq=0))
+        if not committed:
+            raise JobExists(job_id)
+        log.info("job_created", job_id=job_id, pipeline=pipeline)
+        return record.snapshot
+
+    async def publish(
+        self, job_id: str, update: Update, *, pipeline: str | None = None
+    ) -> Snapshot:
+        """Apply `update` to a job, creating it (with `pipeline`) if it does not exist."""
+        check_job_id(job_id)
+        # The record this store committed last is usually still current: start from it and
+        # save a read. A stale one only costs a failed compare-and-set, which hands back
+        # the current record (or None for a job deleted since).
+        cached = self._known.pop(job_id, None)
+        record = cached if cached is not None else await self._load(job_id)
+        result = None if update.result is msgspec.UNSET else encode_result(update.result)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            expected = record.snapshot.seq if record else 0
+            if record is None:
+                try:
+                    resolved = self.pipelines.resolve(pipeline)
+                except ValueError as exc:
+                    raise InvalidUpdate(str(exc), field="pipeline") from None
+                # Seq 0 is never published: the creation and the first update are one event.
+                record = new_record(job_id, now=self._clock(), pipeline=resolved)
+                record = msgspec.structs.replace(
+                    record, snapshot=msgspec.structs.replace(record.snapshot, seq=0)
+                )
+            try:
+                merged = apply_update(record, update, now=self._clock(), pipelines=self.pipelines)
+            except JobTerminal:
+                if cached is None:
+                    raise
+                # Only the stored record decides that a job is over.
+                cached, record = None, await self._load(job_id)
+                continue
+            committed, current = await self.broker.commit(
+                self._commit(merged, expected_seq=expected, result=result)
+            )
+            if committed:
+                self._remember(merged)
+                log.debug("job_published", job_id=job_id, seq=merged.snapshot.seq)
+                return merged.snapshot
+            cached = None
+            record = RECORD_DECODER.decode(current) if current else None
+        raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
+
+    def _remember(self, record: JobRecord) -> None:
+        known = self._known
+        known[record.snapshot.job_id] = record
+        if len(known) > KNOWN_RECORDS:
+            del known[next(iter(known))]  # the least recently published
+
+    async def seq(self, job_id: str) -> int:
+        """A job's current seq, without reading its record; `JobNotFound` if unknown."""
+        check_job_id(job_id)
+        seq = await self.broker.load_seq(job_id)
+        if seq is None:
+            raise JobNotFound(job_id)
+        return seq
+
+    async def get(self, job_id: str) -> Snapshot:
+        """The current snapshot of a job; `JobNotFound` if unknown or expired."""
+        record = await self._load(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record.snapshot
+
+    async def replay(self, job_id: str, last_seq: int) -> Replay:
+        """The snapshot and the retained events after `last_seq`, for a resuming stream."""
+        snapshot = await self.get(job_id)
+        missing = snapshot.seq - last_seq
+        if missing <= 0:
+            return Replay(snapshot=snapshot, missed=[] if missing == 0 else None)
+        events = await self.broker.history(job_id, missing)
+        # The history may have been trimmed, or the job written since we read it; only an
+        # exact, gap-free run of seqs last_seq+1..seq is a valid replay.
+        if len(events) != missing or _seq_of(events[0]) != last_seq + 1:
+            return Replay(snapshot=snapshot, missed=None)
+        return Replay(snapshot=snapshot, missed=events)
+
+    async def history(self, job_id: str) -> list[bytes]:
+        """Every retained snapshot of a job, oldest first."""
+        await self.get(job_id)
+        return await self.broker.history(job_id, self.history_len)
+
+    async def result(self, job_id: str) -> tuple[bytes, str]:
+        """A job's result body and content type; `JobNotFound` if there is none yet."""
+        check_job_id(job_id)
+        stored = await self.broker.result(job_id)
+        if stored is None:
+            raise JobNotFound(job_id)
+        return decode_result(stored)
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job; its open streams receive `deleted`."""
+        self._known.pop(job_id, None)
+        snapshot = await self.get(job_id)
+        envelope = ENCODER.encode({"event": EventKind.DELETED, "snapshot": snapshot})
+        if not await self.broker.delete(job_id, envelope):
+            raise JobNotFound(job_id)
+        log.info("job_deleted", job_id=job_id)
+
+    async def list_jobs(
+        self, *, status: Sequence[JobStatus] = (), limit: int = 50
+    ) -> list[Snapshot]:
+        """Jobs newest first, optionally only those in `status`; prunes expired ids."""
+        wanted = set(status)
+        found: list[Snapshot] = []
+        start, page = 0, max(limit * 2, 100)
+        while len(found) < limit:
+            ids = await self.broker.recent_jobs(start, start + page - 1)
+            if not ids:
+                break
+            records = await self.broker.load_many(ids)
+            expired = [job_id for job_id, raw in zip(ids, records, strict=True) if raw is None]
+            await self.broker.forget(expired)
+            for raw in records:
+                if raw is not None:
+                    snapshot = RECORD_DECODER.decode(raw).snapshot
+                    if not wanted or snapshot.status in wanted:
+                        found.append(snapshot)
+            start += page - len(expired)
+        return found[:limit]
+
+    async def prune_index(self, *, batch: int = PRUNE_BATCH, max_batches: int = 10) -> int:
+        """Drop expired jobs from the job index, oldest first; returns how many were dropped.
+
+        Job keys expire by themselves; their ids in the index only go when someone lists
+        past them. The hub calls this on a timer so the index never grows without bound.
+        """
+        dropped = 0
+        for _ in range(max_batches):
+            ids = await self.broker.recent_jobs(-batch, -1)
+            records = await self.broker.load_many(ids)
+            expired = [job_id for job_id, raw in zip(ids, records, strict=True) if raw is None]
+            await self.broker.forget(expired)
+            dropped += len(expired)
+            # Expired ids gather at the old end; a batch with none means we are done.
+            if not expired or len(ids) < batch:
+                break
+        return dropped
+
+    async def gate_milestone(
+        self, job_id: str, client: str, milestones: Sequence[float]
+    ) -> tuple[Snapshot, float | None, int]:
+        """One milestone-gate call: the job, the milestone now reached (if any), call count."""
+        snapshot = await self.get(job_id)
+        try:
+            step = await self.broker.advance_milestone(
+                job_id, client, sorted(milestones), snapshot.progress, MAX_MILESTONE_CLIENTS
+            )
+        except ValueError as exc:
+            raise InvalidUpdate(str(exc), field="client") from None
+        return snapshot, step.milestone, step.calls
+
+    async def mark_stalled(self, stall_after: float, *, scan: int = 1000) -> list[str]:
+        """Flag active jobs silent for `stall_after` seconds; returns the ids newly flagged."""
+        cutoff = self._clock() - stall_after
+        flagged: list[str] = []
+        ids = await self.broker.recent_jobs(0, scan - 1)
+        for raw in await self.broker.load_many(ids):
+            if raw is None:
+                continue
+            record = RECORD_DECODER.decode(raw)
+            snap = record.snapshot
+            if snap.stalled or snap.status not in ACTIVE_STATUSES or snap.updated_at > cutoff:
+                continue
+            stalled = mark_stalled(record)
+            # Losing this race means the job was just updated: it is not stalled after all.
+            committed, _ = await self.broker.commit(self._commit(stalled, expected_seq=snap.seq))
+            if committed:
+                flagged.append(snap.job_id)
+                log.info("job_stalled", job_id=snap.job_id, seq=stalled.snapshot.seq)
+        return flagged
+
+    async def _load(self, job_id: str) -> JobRecord | None:
+        raw = await self.broker.load(job_id)
+        return RECORD_DECODER.decode(raw) if raw is not None else None
+
+    def _commit(
+        self, record: JobRecord, *, expected_seq: int, result: bytes | None = None
+    ) -> Commit:
+        snapshot = record.snapshot
+        snapshot_json = ENCODER.encode(snapshot)
+        envelope = b'{"event":"progress","snapshot":%s}' % snapshot_json
+        ttl = self.retention if snapshot.is_terminal else ACTIVE_TTL
+        return Commit(
+            job_id=snapshot.job_id,
+            expected_seq=expected_seq,
+            record=ENCODER.encode(record),
+            snapshot=snapshot_json,
+            envelope=envelope,
+            ttl=ttl,
+            history_len=self.history_len,
+            created_at=snapshot.created_at,
+            result=result,
+        )
+
+
+def check_job_id(job_id: str) -> None:
+    """Raise `InvalidUpdate` unless `job_id` matches the contract's pattern."""
+    if not is_valid_job_id(job_id):
+        raise InvalidUpdate(
+            "job id must be 1-128 characters of letters, digits and ._:- starting with a "
+            "letter or digit",
+            field="job_id",
+        )
+
+
+class _SeqOnly(msgspec.Struct):
+    seq: int
+
+
+_SEQ_DECODER: Final = msgspec.json.Decoder(_SeqOnly)
+
+
+def _seq_of(snapshot_json: bytes) -> int:
+    return _SEQ_DECODER.decode(snapshot_json).seq

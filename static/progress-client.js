@@ -1,0 +1,352 @@
+/**
+ * progress-client.js: follow progress-hub jobs from a browser (API.md §3).
+ *
+ * A dependency-free ES module. `watchJob` follows one job, `watchAll` the
+ * multiplexed dashboard stream. Both stream with EventSource and fall back to
+ * polling when the stream cannot be kept, then keep trying to return to it.
+ *
+ * Every timing decision goes through an injectable `env` (clock, timers,
+ * EventSource, fetch, document, storage) so the fallback and backoff rules can
+ * be unit-tested under `node --test` without a browser (tests/js/).
+ *
+ * It imports two siblings, progress-connection.js (stream, fallback, probes)
+ * and progress-followed.js (remembered jobs): serve the three files together.
+ *
+ * @module progress-client
+ */
+import { backoffDelay, createConnection } from './progress-connection.js';
+import { forgetJob, readFollowed, rememberJob } from './progress-followed.js';
+
+export { backoffDelay };
+
+/** Statuses after which a job accepts no further updates (API.md §1). */
+export const TERMINAL_STATUSES = Object.freeze(['completed', 'failed', 'cancelled']);
+
+/** Default tuning; every key can be overridden per call. */
+export const DEFAULTS = Object.freeze({
+  baseUrl: '',
+  token: null,
+  /** Delay between polls while polling works. */
+  pollIntervalMs: 2000,
+  /** Stream errors within `errorWindowMs` that make us give up on the stream. */
+  maxStreamErrors: 3,
+  errorWindowMs: 30000,
+  /** A fresh stream must deliver its first event within this, or we poll. */
+  openTimeoutMs: 10000,
+  /** Poll backoff after failures: base doubles up to max, with jitter. */
+  backoffBaseMs: 1000,
+  backoffMaxMs: 30000,
+  /** How soon, and at most how rarely, polling tries to get the stream back. */
+  streamRetryMs: 15000,
+  streamRetryMaxMs: 120000,
+  /** A hidden tab stops polling a job that made no progress for this long. */
+  idlePauseMs: 60000,
+  /** Remember followed jobs in localStorage so a reload can resume them. */
+  remember: true,
+});
+
+
+/** A final failure: the job is unknown (`not_found`) or the token is refused (`forbidden`). */
+export class ProgressError extends Error {
+  /**
+   * @param {'not_found'|'forbidden'} kind
+   * @param {number} status HTTP status that told us
+   * @param {string} message
+   */
+  constructor(kind, status, message) {
+    super(message);
+    this.name = 'ProgressError';
+    this.kind = kind;
+    this.status = status;
+  }
+}
+
+/** True when `status` is completed, failed or cancelled. */
+export function isTerminal(status) {
+  return TERMINAL_STATUSES.includes(status);
+}
+
+/** Build `baseUrl + path` with query parameters; arrays repeat the key, nullish values are left out. */
+export function buildUrl(baseUrl, path, params = {}) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === null || value === undefined) continue;
+    for (const item of Array.isArray(value) ? value : [value]) query.append(key, String(item));
+  }
+  const text = query.toString();
+  return `${String(baseUrl || '').replace(/\/+$/, '')}${path}${text ? `?${text}` : ''}`;
+}
+
+/** The real browser environment; tests pass their own pieces as `options.env`. */
+function browserEnv() {
+  const g = globalThis;
+  let storage = null;
+  try {
+    storage = g.localStorage || null;
+  } catch {
+    // Sandboxed iframes and some privacy modes throw on access: just don't remember.
+  }
+  return {
+    EventSource: g.EventSource,
+    fetch: typeof g.fetch === 'function' ? g.fetch.bind(g) : undefined,
+    setTimeout: (fn, ms) => g.setTimeout(fn, ms),
+    clearTimeout: (id) => g.clearTimeout(id),
+    now: () => Date.now(),
+    random: Math.random,
+    document: g.document || null,
+    storage,
+  };
+}
+
+function resolve(options) {
+  const opts = { ...DEFAULTS, ...options };
+  const env = { ...browserEnv(), ...(options.env || {}) };
+  return { opts, env };
+}
+
+/** Call a user callback without letting its exception break our state machine. */
+function notify(callback, ...args) {
+  if (typeof callback !== 'function') return;
+  try {
+    callback(...args);
+  } catch (err) {
+    // Report like a throwing event listener would (window "error" event), but
+    // keep the state machine going.
+    if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
+    else console.error(err);
+  }
+}
+
+function parseSnapshot(text) {
+  try {
+    const value = JSON.parse(text);
+    return value && typeof value.job_id === 'string' && Number.isInteger(value.seq) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Public entry points.
+// ---------------------------------------------------------------------------
+
+/** Jobs remembered by `watchJob` and not yet ended or closed, oldest first. */
+export function followedJobs(options = {}) {
+  const { opts, env } = resolve(options);
+  return readFollowed(env.storage)
+    .filter((e) => e.baseUrl === opts.baseUrl)
+    .map((e) => e.jobId);
+}
+
+/** Follow every remembered job again (after a reload); returns their handles. */
+export function resumeFollowed(options = {}) {
+  return followedJobs(options).map((jobId) => watchJob(jobId, options));
+}
+
+/**
+ * Follow one job until it ends.
+ *
+ * Callbacks: `onUpdate(snapshot, source)` once per new seq (source is
+ * `snapshot`, `progress` or `poll`), `onEnd(snapshot, reason)` when it
+ * completes, fails, is cancelled or deleted, `onError(ProgressError)` when the
+ * job is unknown or the token refused, `onModeChange(mode, previous)`.
+ *
+ * @param {string} jobId
+ * @param {import('./progress-client').WatchJobOptions} [options]
+ * @returns {import('./progress-client').JobHandle}
+ */
+export function watchJob(jobId, options = {}) {
+  const { opts, env } = resolve(options);
+  let mode = 'connecting';
+  let snapshot = null;
+  let lastSeq = 0;
+  let createdAt = null;
+  let etag = null;
+  let ended = false;
+
+  const jobPath = `/api/jobs/${encodeURIComponent(jobId)}`;
+  const query = () => ({ token: opts.token });
+
+  function setMode(next) {
+    if (next === mode || (ended && next !== 'ended')) return;
+    const previous = mode;
+    mode = next;
+    notify(opts.onModeChange, next, previous);
+  }
+
+  function end(reason, finalSnapshot) {
+    if (ended) return;
+    connection.stop();
+    setMode('ended');
+    ended = true;
+    if (opts.remember) forgetJob(env.storage, jobId, opts.baseUrl);
+    if (reason instanceof ProgressError) notify(opts.onError, reason);
+    else notify(opts.onEnd, finalSnapshot, reason);
+  }
+
+  /** Deliver a snapshot once per seq; replays and poll/stream overlap repeat seqs. */
+  function accept(next, source) {
+    if (!next || next.job_id !== jobId || ended) return;
+    // A job deleted and created again restarts at seq 1 with a new created_at.
+    const recreated = createdAt !== null && next.created_at !== createdAt;
+    if (next.seq <= lastSeq && !recreated) return;
+    lastSeq = next.seq;
+    createdAt = next.created_at;
+    snapshot = next;
+    connection.noteChange();
+    notify(opts.onUpdate, next, source);
+    if (isTerminal(next.status)) end(next.status, next);
+  }
+
+  async function poll() {
+    const headers = etag ? { 'If-None-Match': etag } : {};
+    const response = await env.fetch(buildUrl(opts.baseUrl, jobPath, query()), { headers, cache: 'no-store' });
+    if (response.status === 304) return true;
+    if (response.status === 404) {
+      end(new ProgressError('not_found', 404, `Job ${jobId} is unknown or has expired.`));
+      return false;
+    }
+    if (response.status === 401 || response.status === 403) {
+      end(new ProgressError('forbidden', response.status, `The token may not read job ${jobId}.`));
+      return false;
+    }
+    if (!response.ok) throw new Error(`GET ${jobPath} answered ${response.status}`);
+    const next = parseSnapshot(await response.text());
+    if (!next) throw new Error(`GET ${jobPath} answered something that is not a snapshot`);
+    etag = response.headers.get('ETag') || null;
+    accept(next, 'poll');
+    return !ended;
+  }
+
+  const connection = createConnection({
+    env,
+    opts,
+    // A fresh stream (no Last-Event-ID) always opens with a snapshot, which is
+    // what tells a working stream from a buffered one; the seq check drops it
+    // if we already had it. The browser's own reconnects send Last-Event-ID.
+    streamUrl: () => buildUrl(opts.baseUrl, `${jobPath}/events`, query()),
+    listeners: {
+      snapshot: (data) => accept(parseSnapshot(data), 'snapshot'),
+      progress: (data) => accept(parseSnapshot(data), 'progress'),
+      deleted: (data) => end('deleted', parseSnapshot(data) || snapshot),
+      // "end" follows the terminal progress event, so normally we have ended
+      // already; if not, a poll fetches the terminal snapshot.
+      end: () => connection.pollNow(),
+    },
+    poll,
+    setMode,
+  });
+
+  if (opts.remember) rememberJob(env.storage, jobId, opts.baseUrl);
+  connection.start();
+
+  return {
+    jobId,
+    get mode() {
+      return mode;
+    },
+    get snapshot() {
+      return snapshot;
+    },
+    close() {
+      if (ended) return;
+      ended = true;
+      connection.stop();
+      if (opts.remember) forgetJob(env.storage, jobId, opts.baseUrl);
+    },
+  };
+}
+
+/**
+ * Follow every job (or those in `options.jobs`) on the multiplexed
+ * `/api/events` stream; polls `GET /api/jobs` when the stream cannot be kept.
+ *
+ * Callbacks: `onUpdate(snapshot, source)` once per new seq of each job,
+ * `onDelete(snapshot)`, `onModeChange(mode, previous)`, `onError(ProgressError)`.
+ *
+ * @param {import('./progress-client').WatchAllOptions} [options]
+ * @returns {import('./progress-client').AllHandle}
+ */
+export function watchAll(options = {}) {
+  const { opts, env } = resolve(options);
+  const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
+  const limit = opts.limit || 500;
+  const known = new Map(); // job_id → {seq, createdAt}
+  let mode = 'connecting';
+  let closed = false;
+
+  function setMode(next) {
+    if (next === mode || closed) return;
+    const previous = mode;
+    mode = next;
+    notify(opts.onModeChange, next, previous);
+  }
+
+  function accept(next, source) {
+    if (!next || (only && !only.has(next.job_id))) return;
+    const seen = known.get(next.job_id);
+    if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt) return;
+    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at });
+    connection.noteChange();
+    notify(opts.onUpdate, next, source);
+  }
+
+  function remove(gone) {
+    if (!gone || !known.delete(gone.job_id)) return;
+    connection.noteChange();
+    notify(opts.onDelete, gone);
+  }
+
+  async function poll() {
+    const url = buildUrl(opts.baseUrl, '/api/jobs', { limit, token: opts.token });
+    const response = await env.fetch(url, { cache: 'no-store' });
+    if (response.status === 401 || response.status === 403) {
+      connection.stop();
+      setMode('ended');
+      closed = true;
+      notify(opts.onError, new ProgressError('forbidden', response.status, 'The token may not list jobs.'));
+      return false;
+    }
+    if (!response.ok) throw new Error(`GET /api/jobs answered ${response.status}`);
+    const body = await response.json();
+    const jobs = Array.isArray(body && body.jobs) ? body.jobs : [];
+    const listed = new Set();
+    for (const job of jobs) {
+      listed.add(job.job_id);
+      accept(job, 'poll');
+    }
+    // A short page is the whole set, so a job missing from it is gone; a full
+    // page may just have pushed old jobs out, so we cannot tell.
+    if (jobs.length < limit) {
+      for (const jobId of [...known.keys()]) {
+        if (!listed.has(jobId)) remove({ job_id: jobId, seq: known.get(jobId).seq });
+      }
+    }
+    return true;
+  }
+
+  const connection = createConnection({
+    env,
+    opts,
+    streamUrl: () => buildUrl(opts.baseUrl, '/api/events', { job: only ? [...only] : null, token: opts.token }),
+    listeners: {
+      snapshot: (data) => accept(parseSnapshot(data), 'snapshot'),
+      progress: (data) => accept(parseSnapshot(data), 'progress'),
+      deleted: (data) => remove(parseSnapshot(data)),
+    },
+    poll,
+    setMode,
+    liveOnOpen: true,
+  });
+  connection.start();
+
+  return {
+    get mode() {
+      return mode;
+    },
+    close() {
+      closed = true;
+      connection.stop();
+    },
+  };
+}

@@ -1,0 +1,231 @@
+/**
+ * progress-connection.js: keeps one subscription alive for progress-client.js.
+ *
+ * Streams with EventSource; polls when the stream cannot be kept (it errors
+ * repeatedly, or never delivers); probes to get the stream back; pauses idle
+ * polling in hidden tabs. It knows nothing about snapshots: the watcher plugs
+ * in its event handlers and its poll.
+ *
+ * @module progress-connection
+ */
+
+const EVENT_SOURCE_CLOSED = 2;
+
+/**
+ * Delay before retry number `failures` (1-based): doubles from `baseMs` up to
+ * `maxMs`. "Equal jitter" keeps half the delay fixed and randomises the other
+ * half, so many tabs spread out after an outage yet never retry at once.
+ */
+export function backoffDelay(failures, baseMs, maxMs, random = Math.random) {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.max(0, failures - 1));
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
+/**
+ * Keep one logical subscription alive. Owns the EventSource, the poll loop,
+ * the stream probe and the hidden-tab pause; knows nothing about snapshots.
+ *
+ * @param {object} spec
+ * @param {object} spec.env
+ * @param {object} spec.opts
+ * @param {() => string} spec.streamUrl URL for a fresh EventSource
+ * @param {Record<string, (data: string) => void>} spec.listeners SSE event type → handler
+ * @param {() => Promise<boolean>} spec.poll one poll; resolves false to stop, rejects on a transient failure
+ * @param {(mode: string) => void} spec.setMode
+ * @param {boolean} [spec.liveOnOpen] the stream may stay silent after opening
+ *   (the multiplexed stream of a hub with no jobs), so opening proves it works
+ */
+export function createConnection({ env, opts, streamUrl, listeners, poll, setMode, liveOnOpen = false }) {
+  let stream = null;
+  let streamHasData = false; // the current EventSource delivered at least one event
+  let errorTimes = [];
+  let openTimer = null;
+  let polling = false;
+  let pollTimer = null;
+  let pollFailures = 0;
+  let probeTimer = null;
+  let probeFailures = 0;
+  let paused = false;
+  let stopped = false;
+  let lastChangeAt = env.now();
+
+  const clear = (timer) => timer !== null && env.clearTimeout(timer);
+
+  function openStream() {
+    if (typeof env.EventSource !== 'function') {
+      fallBack(); // no EventSource at all (old runtime): polling is all we have
+      return;
+    }
+    const source = new env.EventSource(streamUrl());
+    stream = source;
+    streamHasData = false;
+    for (const [type, handler] of Object.entries(listeners)) {
+      source.addEventListener(type, (event) => {
+        if (source !== stream || stopped) return;
+        streamWorks();
+        handler(event.data);
+      });
+    }
+    // The browser's own reconnect (with Last-Event-ID) may bring no event when
+    // nothing was missed, so a re-opened stream that worked before counts as live.
+    source.addEventListener('open', () => {
+      if (source !== stream || stopped) return;
+      if (streamHasData) setMode('live');
+      else if (liveOnOpen) streamWorks();
+    });
+    source.addEventListener('error', () => streamFailed(source));
+    // A buffering proxy opens the response but never passes an event through
+    // (issue 4: "or never opens"); the hub always starts with a snapshot.
+    openTimer = env.setTimeout(() => {
+      openTimer = null;
+      if (source === stream && !streamHasData) fallBack();
+    }, opts.openTimeoutMs);
+  }
+
+  function dropStream() {
+    clear(openTimer);
+    openTimer = null;
+    if (stream) stream.close();
+    stream = null;
+    streamHasData = false;
+  }
+
+  function streamWorks() {
+    if (!streamHasData) {
+      streamHasData = true;
+      clear(openTimer);
+      openTimer = null;
+      probeFailures = 0;
+      stopPolling();
+    }
+    setMode('live');
+  }
+
+  function streamFailed(source) {
+    if (source !== stream || stopped) return;
+    // CLOSED: the browser gave up for good (a non-200 answer: 204, 403, 404, 5xx).
+    // Never delivered: the path to the stream is broken. Either way a poll
+    // tells us the truth right away.
+    if (source.readyState === EVENT_SOURCE_CLOSED || !streamHasData) {
+      fallBack();
+      return;
+    }
+    const now = env.now();
+    errorTimes = errorTimes.filter((t) => now - t < opts.errorWindowMs);
+    errorTimes.push(now);
+    if (errorTimes.length >= opts.maxStreamErrors) {
+      errorTimes = [];
+      fallBack();
+      return;
+    }
+    setMode('reconnecting'); // the browser reconnects by itself, sending Last-Event-ID
+  }
+
+  function fallBack() {
+    dropStream();
+    if (stopped) return;
+    if (polling) {
+      probeFailures += 1; // a probe failed: wait longer before the next one
+    } else {
+      polling = true;
+      pollFailures = 0;
+      schedulePoll(0);
+    }
+    scheduleProbe();
+  }
+
+  function stopPolling() {
+    polling = false;
+    paused = false;
+    clear(pollTimer);
+    clear(probeTimer);
+    pollTimer = null;
+    probeTimer = null;
+  }
+
+  function idleAndHidden() {
+    const doc = env.document;
+    return Boolean(doc) && doc.visibilityState === 'hidden' && env.now() - lastChangeAt >= opts.idlePauseMs;
+  }
+
+  function schedulePoll(delay) {
+    clear(pollTimer);
+    pollTimer = env.setTimeout(runPoll, delay);
+  }
+
+  async function runPoll() {
+    pollTimer = null;
+    if (stopped || !polling) return;
+    if (idleAndHidden()) {
+      paused = true;
+      return;
+    }
+    let keepGoing;
+    try {
+      keepGoing = await poll();
+    } catch {
+      if (stopped || !polling) return;
+      pollFailures += 1;
+      setMode('reconnecting');
+      schedulePoll(backoffDelay(pollFailures, opts.backoffBaseMs, opts.backoffMaxMs, env.random));
+      return;
+    }
+    if (stopped || !polling || !keepGoing) return;
+    if (pollFailures > 0 && !stream) {
+      // Polls failed too, so the hub was away, not just the stream's path to
+      // it (a restart, say): now that it answers, try the stream at once.
+      clear(probeTimer);
+      probeTimer = null;
+      openStream();
+    }
+    pollFailures = 0;
+    setMode('polling');
+    // ±10 % so that tabs opened together do not poll in lockstep.
+    schedulePoll(opts.pollIntervalMs * (0.9 + 0.2 * env.random()));
+  }
+
+  function scheduleProbe() {
+    clear(probeTimer);
+    const delay = backoffDelay(probeFailures + 1, opts.streamRetryMs, opts.streamRetryMaxMs, env.random);
+    probeTimer = env.setTimeout(runProbe, delay);
+  }
+
+  function runProbe() {
+    probeTimer = null;
+    if (stopped || !polling || stream) return;
+    if (idleAndHidden()) {
+      paused = true;
+      return;
+    }
+    openStream(); // polling goes on until the probe delivers its first event
+  }
+
+  function onVisibility() {
+    if (!paused || stopped || env.document.visibilityState === 'hidden') return;
+    paused = false;
+    if (!polling) return;
+    schedulePoll(0);
+    if (probeTimer === null && !stream) scheduleProbe();
+  }
+
+  return {
+    start() {
+      if (env.document) env.document.addEventListener('visibilitychange', onVisibility);
+      openStream();
+    },
+    /** Record that data changed, which keeps a hidden tab polling for another idle period. */
+    noteChange() {
+      lastChangeAt = env.now();
+    },
+    /** Ask for a poll now, e.g. when the stream said "end" without a terminal snapshot. */
+    pollNow() {
+      fallBack();
+    },
+    stop() {
+      stopped = true;
+      dropStream();
+      stopPolling();
+      if (env.document) env.document.removeEventListener('visibilitychange', onVisibility);
+    },
+  };
+}

@@ -1,0 +1,91 @@
+"""`progress-hub serve` as a user runs it: the embedded default and bad configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.hub import REPO, spawn_hub, wait_until
+
+
+def _env_without_progress_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_")}
+
+
+def test_serve_with_no_broker_url_embeds_a_server_that_keeps_jobs_across_restarts(
+    tmp_path: Path,
+) -> None:
+    env = _env_without_progress_settings()
+    data_dir = str(tmp_path / "data")
+    with spawn_hub(env, "--data-dir", data_dir) as first:
+        created = httpx.post(first.url + "/api/jobs", json={"job_id": "kept", "pipeline": "pdf"})
+        assert created.status_code == 201
+        published = httpx.post(first.url + "/api/jobs/kept/events", json={"stage": "extract"})
+        assert published.status_code == 202
+        assert first.terminate() == 0
+    with spawn_hub(env, "--data-dir", data_dir) as second:
+        snapshot = httpx.get(second.url + "/api/jobs/kept")
+    assert snapshot.status_code == 200
+    assert (snapshot.json()["seq"], snapshot.json()["stage"]) == (2, "extract")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "reason"),
+    [
+        (["--broker-url", "kafka://x"], {}, "unknown broker scheme 'kafka'"),
+        ([], {"PROGRESS_HEARTBEAT": "-1"}, "heartbeat must be a positive number"),
+        ([], {"PROGRESS_PORT": "eighty"}, "PROGRESS_PORT must be a number"),
+        (["--pipelines", "/nonexistent/pipelines.toml"], {}, "cannot be read"),
+        (["--max-connections", "0"], {}, "max_connections must be at least 1"),
+    ],
+)
+def test_serve_bad_configuration_exits_2_with_one_line_reason(
+    args: list[str], env: dict[str, str], reason: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", *args],
+        env={**_env_without_progress_settings(), **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert reason in lines[0]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_serve_killed_hard_takes_its_embedded_server_down_too(tmp_path: Path) -> None:
+    with spawn_hub(_env_without_progress_settings(), "--data-dir", str(tmp_path)) as hub:
+        servers = _children(hub.process.pid)
+        assert len(servers) == 1
+        hub.kill()
+    wait_until(lambda: _gone(servers[0]), 10, "the embedded server outlived a SIGKILLed hub")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"

@@ -1,0 +1,149 @@
+"""Redis faults against real processes: an outage with streams open, a restart, garbage.
+
+Each test runs its own Redis (`EmbeddedServer`) so that it may kill and restart it, and a
+`progress-hub serve` child process, so that the hub is exactly what operators run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.embedded import EmbeddedServer
+from tests.hub import spawn_hub
+from tests.probes import metric
+from tests.streams import RawStream
+
+STREAMS = 100
+JOBS = 10
+UPDATES_PER_JOB = 5
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A Redis of this test only, persisting to an append-only file so a restart keeps data."""
+    server = EmbeddedServer(data_dir=tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _publish(http: httpx.AsyncClient, job_id: str, body: dict[str, object]) -> int:
+    response = await http.post(f"/api/jobs/{job_id}/events", json=body)
+    assert response.status_code == 202, response.text
+    seq: int = response.json()["seq"]
+    return seq
+
+
+async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
+    own_redis: EmbeddedServer,
+) -> None:
+    env = {"PROGRESS_BROKER_URL": own_redis.url, "PROGRESS_HEARTBEAT": "0.5"}
+    with spawn_hub(env) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            acknowledged: dict[str, int] = {}
+            for j in range(JOBS):
+                job_id = f"outage-{j}"
+                for step in range(UPDATES_PER_JOB):
+                    acknowledged[job_id] = await _publish(
+                        http, job_id, {"status": "running", "progress": step * 10}
+                    )
+            streams = await asyncio.gather(
+                *(
+                    RawStream.open(hub.url, f"/api/jobs/outage-{i % JOBS}/events")
+                    for i in range(STREAMS)
+                )
+            )
+            try:
+                for stream in streams:
+                    first = await stream.next_event()
+                    assert first is not None and first.event == "snapshot"
+
+                own_redis.kill()
+                killed_at = time.monotonic()
+
+                # Readiness, writes and polls answer at once with 503, and say when to retry.
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503
+                assert "error" in ready.json()
+                publish = await http.post("/api/jobs/outage-0/events", json={"progress": 90})
+                assert publish.status_code == 503
+                assert int(publish.headers["retry-after"]) >= 1
+                assert "broker" in publish.json()["error"].lower()
+                poll = await http.get("/api/jobs/outage-0")
+                assert poll.status_code == 503
+                assert poll.headers["content-type"] == "application/json"
+                assert int(poll.headers["retry-after"]) >= 1
+                refused_within = time.monotonic() - killed_at
+
+                # Every stream stays open and keeps its heartbeat through the outage.
+                async def pinged(stream: RawStream) -> bool:
+                    block = await stream.next_block(timeout=3)
+                    return block is not None and block.comment is not None
+
+                assert all(await asyncio.gather(*(pinged(s) for s in streams)))
+
+                own_redis.start()  # same port, same append-only file
+                restarted_at = time.monotonic()
+
+                async def resynced(stream: RawStream) -> tuple[int, float]:
+                    event = await stream.next_event(timeout=5)
+                    assert event is not None, "stream closed instead of resyncing"
+                    assert event.event == "snapshot"
+                    assert event.data is not None
+                    return json.loads(event.data)["job_id"], time.monotonic() - restarted_at
+
+                results = await asyncio.gather(*(resynced(s) for s in streams))
+                recovery = max(elapsed for _, elapsed in results)
+                assert recovery < 5
+
+                # Nothing acknowledged before the outage was lost.
+                for job_id, seq in acknowledged.items():
+                    response = await http.get(f"/api/jobs/{job_id}")
+                    assert response.status_code == 200
+                    assert response.json()["seq"] == seq
+                # And live events flow again.
+                seq = await _publish(http, "outage-3", {"progress": 80})
+                live = await streams[3].next_event(timeout=5)
+                assert live is not None and live.event == "progress" and live.seq == seq
+                assert (await http.get("/readyz")).status_code == 200
+                assert await metric(http, "progress_broker_reconnects_total") >= 1
+                print(
+                    f"\nredis outage: 503s within {refused_within:.3f}s of the kill; "
+                    f"{STREAMS} streams resynced within {recovery:.3f}s of the restart"
+                )
+            finally:
+                await asyncio.gather(*(s.aclose() for s in streams))
+
+
+async def test_garbage_on_a_job_channel_is_logged_and_ignored(
+    own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "hub.log"
+    env = {"PROGRESS_BROKER_URL": own_redis.url}
+    with spawn_hub(env, "--log-json", log=log) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            await _publish(http, "garbage", {"status": "running"})
+            async with await RawStream.open(hub.url, "/api/jobs/garbage/events") as stream:
+                assert (await stream.next_event()) is not None
+                raw = redis.Redis.from_url(own_redis.url)
+                try:
+                    for payload in (b"garbage", b'{"event":"progress"}', b"\xff\xfe", b"[]"):
+                        assert raw.publish("progress:events:garbage", payload) == 1
+                finally:
+                    raw.close()
+                seq = await _publish(http, "garbage", {"progress": 40})
+                event = await stream.next_event()
+                assert event is not None and event.event == "progress" and event.seq == seq
+            assert await metric(http, "progress_messages_ignored_total") == 4
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert sum(1 for line in lines if line["event"] == "broker_message_ignored") == 4

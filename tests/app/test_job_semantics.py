@@ -1,0 +1,162 @@
+"""Server-side job semantics over HTTP on real Redis: ETA, stalls, retention, bounded keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import anyio
+import httpx
+import pytest
+import redis.asyncio as redis
+from httpx_sse import aconnect_sse
+
+from pubsub.brokers.redis import INDEX_KEY
+from pubsub.publisher import Tracker
+from pubsub.store import ACTIVE_TTL
+from tests.conditions import eventually
+from tests.conftest import HubFactory
+
+
+async def _post(http: httpx.AsyncClient, job_id: str, **body: Any) -> dict[str, Any]:
+    response = await http.post(f"/api/jobs/{job_id}/events", json=body)
+    assert response.status_code == 202, response.text
+    snapshot: dict[str, Any] = (await http.get(f"/api/jobs/{job_id}")).json()
+    return snapshot
+
+
+async def test_eta_is_null_until_meaningful_then_follows_the_rate_then_zero(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await _post(client, "eta-1", status="running", progress=10)
+    assert first["eta_seconds"] is None, "no rate is known yet"
+
+    progress = 10.0
+
+    async def step() -> dict[str, Any]:
+        nonlocal progress
+        progress += 0.5
+        return await _post(client, "eta-1", progress=progress)
+
+    estimated = await eventually(
+        step, lambda s: s["eta_seconds"] is not None, 10, "an ETA once a rate is observed"
+    )
+
+    # The average rate since the run started: (100 - p) * elapsed / gained.
+    elapsed = estimated["updated_at"] - first["updated_at"]
+    gained = estimated["progress"] - 10
+    assert elapsed >= 1.0, "not before a second of history"
+    assert estimated["eta_seconds"] == pytest.approx(
+        (100 - estimated["progress"]) * elapsed / gained, abs=0.1
+    )
+
+    retrying = await _post(client, "eta-1", status="retrying", attempt=2, max_attempts=3)
+    assert retrying["eta_seconds"] is None, "no estimate while waiting to retry"
+    done = await _post(client, "eta-1", status="completed")
+    assert (done["eta_seconds"], done["progress"]) == (0, 100)
+
+
+async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) -> None:
+    hub = start_hub(stall_after=0.3)
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        await _post(http, "stall-1", status="running", stage="work", progress=40)
+        events: list[tuple[str, dict[str, Any]]] = []
+        with anyio.fail_after(10):
+            async with aconnect_sse(http, "GET", "/api/jobs/stall-1/events") as source:
+                async for sse in source.aiter_sse():
+                    if not sse.data:
+                        continue  # the opening `retry:` hint
+                    events.append((sse.event, json.loads(sse.data)))
+                    if events[-1][1]["stalled"]:
+                        polled = (await http.get("/api/jobs/stall-1")).json()
+                        await http.post("/api/jobs/stall-1/events", json={"heartbeat": True})
+                    elif len(events) > 1:
+                        break
+
+    (first_kind, first), (stalled_kind, stalled), (_, revived) = events
+    assert (first_kind, first["stalled"]) == ("snapshot", False)
+    assert stalled_kind == "progress", "subscribers are told, not only the next poll"
+    assert (stalled["seq"], stalled["status"], stalled["progress"]) == (
+        first["seq"] + 1,
+        "running",
+        40,
+    )
+    assert stalled["eta_seconds"] is None
+    assert polled["stalled"] is True
+    assert (revived["stalled"], revived["seq"]) == (False, stalled["seq"] + 1), (
+        "a heartbeat revives it"
+    )
+
+
+async def test_stall_flag_never_marks_finished_jobs(start_hub: HubFactory) -> None:
+    hub = start_hub(stall_after=0.2)
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        await _post(http, "done-1", status="completed")
+        await _post(http, "quiet-1", status="running")
+
+        async def quiet() -> dict[str, Any]:
+            snapshot: dict[str, Any] = (await http.get("/api/jobs/quiet-1")).json()
+            return snapshot
+
+        await eventually(quiet, lambda s: s["stalled"], 5, "the running job stalls")
+        finished = (await http.get("/api/jobs/done-1")).json()
+
+    assert (finished["stalled"], finished["seq"]) == (False, 1)
+
+
+async def test_retention_expires_finished_jobs_from_reads_and_the_list(
+    start_hub: HubFactory, redis_url: str
+) -> None:
+    hub = start_hub(retention=1)
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        await _post(http, "short-1", status="completed", result="the summary")
+        await _post(http, "long-1", status="running")
+        # A worker's tracker sets the same retention as the hub when it ends the job.
+        async with Tracker.connect(redis_url, "short-2", retention=1) as job:
+            await job.complete({"ok": True})
+        listed = [j["job_id"] for j in (await http.get("/api/jobs")).json()["jobs"]]
+        assert {"short-1", "short-2", "long-1"} <= set(listed)
+
+        async def read() -> list[int]:
+            return [
+                (await http.get(path)).status_code
+                for path in ("/api/jobs/short-1", "/api/jobs/short-2", "/api/jobs/short-1/result")
+            ]
+
+        await eventually(read, lambda codes: codes == [404, 404, 404], 5, "finished jobs expire")
+        listed = [j["job_id"] for j in (await http.get("/api/jobs")).json()["jobs"]]
+        running = await http.get("/api/jobs/long-1")
+
+    assert listed == ["long-1"], "expired jobs leave the list"
+    assert running.status_code == 200, "an active job outlives the retention"
+
+
+async def test_every_job_key_expires_and_the_index_is_pruned(
+    start_hub: HubFactory, redis_url: str
+) -> None:
+    hub = start_hub(retention=2, stall_after=0.2)  # the sweep runs every 0.1 s
+    client = redis.Redis.from_url(redis_url)
+    try:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            await _post(http, "keys-1", status="running")
+            await http.get("/api/jobs/keys-1/milestone", params={"client": "ui"})
+            await _post(http, "keys-2", status="completed", result={"n": 1})
+            await http.get("/api/jobs/keys-2/milestone", params={"client": "ui"})
+
+        keys = cast(list[bytes], await client.keys("*"))
+        ttls = {key.decode(): await client.ttl(key) for key in keys}
+        index = ttls.pop(INDEX_KEY)
+        assert index == -1, "the index is pruned instead"
+        for key, ttl in ttls.items():
+            limit = 2 if "keys-2" in key else ACTIVE_TTL
+            assert 0 < ttl <= limit, f"{key} expires in {ttl} s"
+        # Record, history, result and milestone cursors: all four expire with the job.
+        assert len([key for key in ttls if "keys-2" in key]) == 4
+
+        async def indexed() -> list[bytes]:
+            return cast(list[bytes], await client.zrange(INDEX_KEY, 0, -1))
+
+        # Nobody lists jobs here: the hub's sweeper alone drops the expired id.
+        await eventually(indexed, lambda ids: ids == [b"keys-1"], 10, "index pruned")
+    finally:
+        await client.aclose()

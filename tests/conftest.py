@@ -1,0 +1,82 @@
+"""Session fixtures: a private Redis-compatible server, real hubs, and clients of both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.embedded import EmbeddedServer
+from app.settings import Settings
+from pubsub.broker import open_broker
+from pubsub.store import JobStore
+from tests.hub import ThreadHub, run_hub
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedServer]:
+    """A private server on a free port, for this test session only."""
+    with EmbeddedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedServer) -> str:
+    """The private server's URL, emptied before each test (it is ours to flush)."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker backend in turn: the shared contract runs against both."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[JobStore]:
+    """A job store on the private Redis."""
+    broker = open_broker(redis_url)
+    try:
+        yield JobStore(broker)
+    finally:
+        await broker.aclose()
+
+
+HubFactory = Callable[..., ThreadHub]
+
+
+@pytest.fixture
+def start_hub(redis_url: str) -> Iterator[HubFactory]:
+    """Start real uvicorn hubs on the private Redis: `start_hub(heartbeat=0.2)`."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> ThreadHub:
+            settings = Settings(**{"broker_url": redis_url, **overrides})
+            return stack.enter_context(run_hub(settings))
+
+        yield start
+
+
+@pytest.fixture
+def hub(start_hub: HubFactory) -> ThreadHub:
+    """One hub with default settings, on the private Redis."""
+    return start_hub()
+
+
+@pytest.fixture
+async def client(hub: ThreadHub) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `hub`."""
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        yield http

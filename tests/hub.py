@@ -1,0 +1,126 @@
+"""Real hubs for tests: uvicorn in a thread of this process, or a `progress-hub` child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from app.embedded import free_port, stop_process
+from app.main import create_app
+from app.settings import Settings
+
+START_TIMEOUT = 15.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition: Any, timeout: float, message: str, interval: float = 0.01) -> None:
+    """Wait for `condition()` to be true, failing with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(message)
+        time.sleep(interval)
+
+
+@dataclass
+class ThreadHub:
+    """A hub served by uvicorn in a background thread, on a socket bound before start."""
+
+    settings: Settings
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for the thread."""
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextmanager
+def run_hub(settings: Settings, port: int = 0) -> Iterator[ThreadHub]:
+    """Serve `settings` on a free port (or `port`, to restart a hub in place) for the block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", timeout_graceful_shutdown=1, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, START_TIMEOUT, "the hub did not start")
+        url = f"http://127.0.0.1:{port}"
+        yield ThreadHub(settings=settings, url=url, server=server, thread=thread)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@dataclass
+class ProcessHub:
+    """A `progress-hub serve` child process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no goodbye to anyone."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM and wait; the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> Iterator[ProcessHub]:
+    """Run `progress-hub serve` with `env` (PROGRESS_* variables) until the block ends.
+
+    Args:
+        log: a file that receives the hub's stdout and stderr (its log lines).
+    """
+    port = free_port()
+    output = open(log, "wb") if log is not None else None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output or subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"progress-hub exited with {process.returncode}")
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, START_TIMEOUT, "progress-hub serve did not become healthy", 0.05)
+        yield ProcessHub(url=url, process=process)
+    finally:
+        stop_process(process, signal.SIGTERM, 15)
+        if output is not None:
+            output.close()

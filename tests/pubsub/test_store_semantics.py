@@ -1,0 +1,69 @@
+"""Store rules the publisher library relies on, on each backend: merges and the job index."""
+
+from __future__ import annotations
+
+from pubsub.broker import open_broker
+from pubsub.events import JobStatus, Update
+from pubsub.store import JobStore
+from tests.conditions import eventually
+
+
+async def test_store_recovery_from_retrying_clears_the_retry_error_and_message(
+    job_store: JobStore,
+) -> None:
+    await job_store.create("retry-1", pipeline="summary")
+    await job_store.publish("retry-1", Update(stage="transcript"))
+    retrying = await job_store.publish(
+        "retry-1",
+        Update(status=JobStatus.RETRYING, attempt=2, max_attempts=3, error="Upstream timed out"),
+    )
+    running = await job_store.publish("retry-1", Update(stage="connecting"))
+    completed = await job_store.publish("retry-1", Update(status=JobStatus.COMPLETED))
+
+    assert (retrying.message, retrying.error) == ("Retrying... (2/3)", "Upstream timed out")
+    assert (running.status, running.progress) == (JobStatus.RUNNING, 5)
+    assert (running.message, running.error) == ("Connecting", None)
+    assert completed.error is None, "a completed job does not carry an error"
+
+
+async def test_store_failure_after_retrying_keeps_the_retry_error(job_store: JobStore) -> None:
+    await job_store.create("retry-2")
+    await job_store.publish(
+        "retry-2",
+        Update(status=JobStatus.RETRYING, attempt=3, max_attempts=3, error="Out of quota"),
+    )
+    failed = await job_store.publish("retry-2", Update(status=JobStatus.FAILED))
+
+    assert (failed.status, failed.error) == (JobStatus.FAILED, "Out of quota")
+
+
+async def test_store_heartbeat_while_retrying_keeps_the_pipeline_message(
+    job_store: JobStore,
+) -> None:
+    await job_store.create("retry-3")
+    await job_store.publish("retry-3", Update(status=JobStatus.RETRYING, attempt=2, max_attempts=5))
+    await job_store.publish("retry-3", Update(message="Waiting 30 s before retrying"))
+    beat = await job_store.publish("retry-3", Update(heartbeat=True))
+
+    assert (beat.status, beat.message) == (JobStatus.RETRYING, "Waiting 30 s before retrying")
+
+
+async def test_store_prune_index_drops_expired_jobs_only(broker_url: str) -> None:
+    broker = open_broker(broker_url)
+    store = JobStore(broker, retention=1)
+    try:
+        for job_id in ("old-1", "old-2", "live-1"):
+            await store.create(job_id)
+        for job_id in ("old-1", "old-2"):
+            await store.publish(job_id, Update(status=JobStatus.COMPLETED))
+
+        pruned: list[int] = []
+
+        async def prune() -> int:
+            pruned.append(await store.prune_index())
+            return sum(pruned)
+
+        await eventually(prune, lambda total: total == 2, 5, "expired jobs pruned")
+        assert await broker.recent_jobs(0, 10) == ["live-1"]
+    finally:
+        await broker.aclose()
