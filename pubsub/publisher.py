@@ -370,7 +370,11 @@ class Tracker:
                     # Checked at the call site already; the hub knows something we did not
                     # (another writer's chunk total, a pipeline it lacks). Drop just this one.
                     log.error("job_update_rejected", job_id=self.job_id, reason=str(exc))
-            self._outage_ended()
+                else:
+                    # At once, not after the backlog: a reader may see this snapshot
+                    # before the loop ends, and calls made then must not raise.
+                    self._outage_ended()
+            self._outage_ended()  # the broker answered, even if it rejected every update
             self._flush_now = False
         finally:
             self._publishing = False
