@@ -122,6 +122,16 @@ class _Channel:
 
     subscribers: set[Subscriber] = field(default_factory=set)
     last_seq: int = 0
+    snapshot: Snapshot | None = None
+    """The job's latest snapshot seen since the subscription began (None: not yet)."""
+    epoch: int = -1
+    """The broker feed epoch `snapshot` belongs to: only the current one is trusted."""
+
+    def observe(self, snapshot: Snapshot, epoch: int) -> None:
+        """Keep `snapshot` as the job's latest if it is newer than what is known."""
+        known = self.snapshot
+        if known is None or self.epoch != epoch or snapshot.seq > known.seq:
+            self.snapshot, self.epoch = snapshot, epoch
 
 
 class Fanout:
@@ -171,6 +181,37 @@ class Fanout:
             subscriber.close()
             with anyio.CancelScope(shield=True):
                 await self._leave(job_id, subscriber)
+
+    @property
+    def epoch(self) -> int:
+        """The broker feed's epoch: take it before a read that `observe()` is given."""
+        return self._broker.feed_epoch
+
+    def latest(self, job_id: str) -> Snapshot | None:
+        """The job's current snapshot without a broker read, when a stream here follows it.
+
+        Once subscribed, every later event reaches this process, so the newest snapshot
+        a channel saw (or read after subscribing) stays current for as long as the feed
+        is not lost. A connect then costs no Redis read (issue 6: connect time), which
+        is how Centrifugo's channel cache works too. A snapshot taken in an earlier feed
+        epoch is not trusted: events may have been missed while the feed was down.
+        """
+        channel = self._channels.get(job_id)
+        if channel is None or channel.epoch != self._broker.feed_epoch:
+            return None
+        return channel.snapshot
+
+    def observe(self, snapshot: Snapshot, epoch: int) -> None:
+        """Tell a followed job's channel of a snapshot read (or written) in `epoch`."""
+        channel = self._channels.get(snapshot.job_id)
+        if channel is not None and epoch == self._broker.feed_epoch:
+            channel.observe(snapshot, epoch)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is known of a job deleted through this hub."""
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            channel.snapshot = None
 
     async def _join(self, job_id: str | None, subscriber: Subscriber) -> None:
         async with self._lock:
@@ -222,6 +263,7 @@ class Fanout:
         self, channel: _Channel, kind: EventKind, snapshot: Snapshot, data: bytes
     ) -> None:
         if kind is EventKind.DELETED:
+            channel.snapshot = None
             frame = frames.event(b"deleted", data)
             for subscriber in list(channel.subscribers):
                 subscriber.push(snapshot.job_id, frame, final=True)
@@ -230,6 +272,7 @@ class Fanout:
         if seq <= channel.last_seq:
             return
         channel.last_seq = seq
+        channel.observe(snapshot, self._broker.feed_epoch)
         frame = frames.event(b"progress", data, seq)
         final = snapshot.is_terminal
         if final:
@@ -257,13 +300,16 @@ class Fanout:
     async def _resync(self) -> None:
         """After a broker outage, give every stream the current state (events may be lost)."""
         metrics.BROKER_RECONNECTS.inc()
+        epoch = self.epoch
         for job_id, channel in list(self._channels.items()):
             try:
                 if job_id is None:
                     for snapshot in await self._store.list_jobs(limit=RESYNC_JOBS):
                         self._push_snapshot(channel, snapshot)
                 else:
-                    self._push_snapshot(channel, await self._store.get(job_id))
+                    snapshot = await self._store.get(job_id)
+                    self.observe(snapshot, epoch)
+                    self._push_snapshot(channel, snapshot)
             except JobNotFound:
                 continue
             except BrokerUnavailable:

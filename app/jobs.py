@@ -12,6 +12,7 @@ from starlette.responses import Response
 from app import metrics
 from app.auth import require_any_reader, require_publisher, require_reader
 from app.body import check_body_size, decode_body, read_body
+from app.fanout import Fanout
 from app.responses import json_response
 from pubsub.events import CREATE_DECODER, ENCODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
@@ -54,7 +55,11 @@ async def publish(request: Request) -> Response:
     result_bytes = 0 if update.result is msgspec.UNSET else len(ENCODER.encode(update.result))
     check_body_size(raw, result_bytes)
     store: JobStore = request.state.store
+    fanout: Fanout = request.state.fanout
+    epoch = fanout.epoch
     snapshot = await store.publish(job_id, update)
+    # Streams opened here next start from it, even before the broker's echo arrives.
+    fanout.observe(snapshot, epoch)
     metrics.EVENTS_PUBLISHED.inc()
     metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return json_response({"job_id": job_id, "seq": snapshot.seq}, status_code=202)
@@ -64,7 +69,10 @@ async def delete_job(request: Request) -> Response:
     """`DELETE /api/jobs/{job_id}` → 204; its streams get `deleted` and close."""
     require_publisher(request)
     store: JobStore = request.state.store
-    await store.delete(path_job_id(request))
+    job_id = path_job_id(request)
+    await store.delete(job_id)
+    fanout: Fanout = request.state.fanout
+    fanout.forget(job_id)
     return Response(status_code=204)
 
 

@@ -23,6 +23,7 @@ from app import health, jobs, polling, sse
 from app.errors import EXCEPTION_HANDLERS
 from app.fanout import Fanout
 from app.headers import EdgeHeadersMiddleware
+from app.lane import HotLaneMiddleware
 from app.limits import AdmissionMiddleware
 from app.openapi import openapi_schema
 from app.settings import Settings
@@ -40,6 +41,8 @@ STALL_SWEEP_MAX_INTERVAL: Final = 5.0
 
 
 def _routes() -> list[BaseRoute]:
+    # The table of every endpoint. GETs of the hot read paths never reach these routes
+    # (`app.lane` serves them first, without routing); they are listed all the same.
     return [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -152,6 +155,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
             )
         )
     middleware.append(Middleware(AdmissionMiddleware, max_connections=settings.max_connections))
+    middleware.append(Middleware(HotLaneMiddleware))
     return middleware
 
 

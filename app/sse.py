@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import frames, metrics
 from app.auth import require_reader
-from app.fanout import DRAIN_RETRY_MS, Fanout, Subscriber
+from app.fanout import DRAIN_RETRY_MS, Fanout
 from app.jobs import path_job_id
 from app.settings import Settings
 from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobNotFound
@@ -123,9 +123,13 @@ def _last_event_id(request: Request) -> int | None:
     return value
 
 
-async def _pump(subscriber: Subscriber) -> AsyncIterator[bytes]:
-    while (batch := await subscriber.next_frames()) is not None:
-        yield batch
+def _followed(fanout: Fanout, job_id: str, last_seq: int | None) -> Snapshot | None:
+    """This hub's current snapshot of a job its streams follow, unless the client has
+    already seen a later event than this hub (then only a read can tell)."""
+    snapshot = fanout.latest(job_id)
+    if snapshot is None or (last_seq is not None and last_seq > snapshot.seq):
+        return None
+    return snapshot
 
 
 async def job_events(request: Request) -> Response:
@@ -139,7 +143,7 @@ async def job_events(request: Request) -> Response:
     if fanout.draining:
         return turn_away(DRAIN_RETRY_MS)
     try:
-        snapshot = await store.get(job_id)
+        snapshot = _followed(fanout, job_id, last_seq) or await store.get(job_id)
     except BrokerUnavailable:
         return turn_away()
     if snapshot.is_terminal and last_seq == snapshot.seq:
@@ -152,8 +156,14 @@ async def job_events(request: Request) -> Response:
             async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as subscriber:
                 # Subscribed first, read second: nothing published in between is missed,
                 # and start_after() drops what the read already covers.
-                replay = await store.replay(job_id, -1 if last_seq is None else last_seq)
+                epoch = fanout.epoch
+                replay = await store.replay(
+                    job_id,
+                    -1 if last_seq is None else last_seq,
+                    current=_followed(fanout, job_id, last_seq),
+                )
                 current = replay.snapshot
+                fanout.observe(current, epoch)
                 subscriber.start_after(current.seq)
                 if replay.missed is None:
                     yield frames.event(b"snapshot", ENCODER.encode(current), current.seq)
@@ -166,7 +176,7 @@ async def job_events(request: Request) -> Response:
                 if current.is_terminal:
                     yield frames.end(job_id, current.seq, current.status)
                     return
-                async for batch in _pump(subscriber):
+                while (batch := await subscriber.next_frames()) is not None:
                     yield batch
         except BrokerUnavailable:
             metrics.STREAMS_REFUSED.inc()
@@ -200,7 +210,7 @@ async def all_events(request: Request) -> Response:
                 else:
                     snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
                 yield b"".join(frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots)
-                async for batch in _pump(subscriber):
+                while (batch := await subscriber.next_frames()) is not None:
                     yield batch
         except BrokerUnavailable:
             metrics.STREAMS_REFUSED.inc()

@@ -48,6 +48,11 @@ class MilestoneStep:
 class Broker(Protocol):
     """Storage and pub/sub primitives of one backend (memory, redis)."""
 
+    feed_epoch: int
+    """Counts the times the subscription feed was lost. Whatever this process learnt
+    from the feed in an earlier epoch may be stale: events published while it was down
+    never arrived."""
+
     async def load(self, job_id: str) -> bytes | None:
         """The stored record of a job, or None."""
         ...

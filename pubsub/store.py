@@ -169,9 +169,16 @@ class JobStore:
             raise JobNotFound(job_id)
         return record.snapshot
 
-    async def replay(self, job_id: str, last_seq: int) -> Replay:
-        """The snapshot and the retained events after `last_seq`, for a resuming stream."""
-        snapshot = await self.get(job_id)
+    async def replay(
+        self, job_id: str, last_seq: int, *, current: Snapshot | None = None
+    ) -> Replay:
+        """The snapshot and the retained events after `last_seq`, for a resuming stream.
+
+        Args:
+            current: the job's snapshot when the caller knows it is current (a hub that
+                follows the job's events), saving the read.
+        """
+        snapshot = current if current is not None else await self.get(job_id)
         missing = snapshot.seq - last_seq
         if missing <= 0:
             return Replay(snapshot=snapshot, missed=[] if missing == 0 else None)

@@ -109,6 +109,7 @@ class RedisBroker:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.feed_epoch = 0
         # One quick retry covers a pooled connection that died with a Redis restart; more,
         # with redis-py's default backoff (1 s, 2 s, 4 s), would hold every HTTP caller for
         # seconds in a real outage, where the contract wants a 503 at once (API.md §2).
@@ -306,6 +307,7 @@ class RedisBroker:
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
             finally:
                 self._pubsub = None
+                self.feed_epoch += 1
                 with anyio.CancelScope(shield=True):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
