@@ -214,6 +214,11 @@ class Fanout:
             channel.snapshot = None
 
     async def _join(self, job_id: str | None, subscriber: Subscriber) -> None:
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            # Already subscribed: no lock, no await, so no leave can remove it meanwhile.
+            channel.subscribers.add(subscriber)
+            return
         async with self._lock:
             channel = self._channels.get(job_id)
             if channel is None:

@@ -158,9 +158,7 @@ async def job_events(request: Request) -> Response:
                 # and start_after() drops what the read already covers.
                 epoch = fanout.epoch
                 replay = await store.replay(
-                    job_id,
-                    -1 if last_seq is None else last_seq,
-                    current=_followed(fanout, job_id, last_seq),
+                    job_id, last_seq, current=_followed(fanout, job_id, last_seq)
                 )
                 current = replay.snapshot
                 fanout.observe(current, epoch)

@@ -170,15 +170,18 @@ class JobStore:
         return record.snapshot
 
     async def replay(
-        self, job_id: str, last_seq: int, *, current: Snapshot | None = None
+        self, job_id: str, last_seq: int | None, *, current: Snapshot | None = None
     ) -> Replay:
         """The snapshot and the retained events after `last_seq`, for a resuming stream.
 
         Args:
+            last_seq: the last seq the client has; None for a new client (no replay).
             current: the job's snapshot when the caller knows it is current (a hub that
                 follows the job's events), saving the read.
         """
         snapshot = current if current is not None else await self.get(job_id)
+        if last_seq is None:
+            return Replay(snapshot=snapshot, missed=None)
         missing = snapshot.seq - last_seq
         if missing <= 0:
             return Replay(snapshot=snapshot, missed=[] if missing == 0 else None)

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from app.embedded import EmbeddedServer
+from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric
 from tests.streams import RawStream
@@ -84,6 +85,15 @@ async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
                 assert poll.headers["content-type"] == "application/json"
                 assert int(poll.headers["retry-after"]) >= 1
                 refused_within = time.monotonic() - killed_at
+
+                # A new stream to a job that open streams follow is not answered from the
+                # hub's memory, which may be stale once its feed is lost: it is turned away.
+                async def late_stream_event() -> str | None:
+                    async with await RawStream.open(hub.url, "/api/jobs/outage-1/events") as late:
+                        event = await late.next_event(timeout=3)
+                        return None if event is None else event.event
+
+                await eventually(late_stream_event, lambda e: e is None, 5, "late stream refused")
 
                 # Every stream stays open and keeps its heartbeat through the outage.
                 async def pinged(stream: RawStream) -> bool:

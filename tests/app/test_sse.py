@@ -132,6 +132,33 @@ async def test_sse_unknown_job_answers_404_json(client: httpx.AsyncClient) -> No
     assert "missing" in response.json()["error"]
 
 
+async def test_sse_stream_joining_a_followed_job_starts_from_its_latest_write(
+    client: httpx.AsyncClient,
+) -> None:
+    # The second stream is answered from what the hub's first stream already follows
+    # (no Redis read): it must still start exactly at the latest acknowledged write.
+    await _publish(client, "shared", progress=10)
+    async with open_stream(client, "/api/jobs/shared/events") as first:
+        await first.next()
+        for percent in (20, 30, 40):
+            seq = await _publish(client, "shared", progress=percent)
+            async with open_stream(client, "/api/jobs/shared/events") as joining:
+                snapshot = await joining.next()
+            assert (snapshot.event, snapshot.id, data(snapshot)["progress"]) == (
+                "snapshot",
+                str(seq),
+                percent,
+            )
+        # One resuming from an earlier event gets exactly what it missed, and once the
+        # job is deleted here the hub no longer answers from what it knew.
+        async with open_stream(client, "/api/jobs/shared/events", {"Last-Event-ID": "2"}) as late:
+            missed = await late.take(2)
+        assert [(e.event, e.id) for e in missed] == [("progress", "3"), ("progress", "4")]
+        assert (await client.delete("/api/jobs/shared")).status_code == 204
+        gone = await client.get("/api/jobs/shared/events")
+        assert gone.status_code == 404
+
+
 async def test_sse_deleted_job_stream_gets_deleted_and_closes(client: httpx.AsyncClient) -> None:
     await _publish(client, "doomed", progress=5)
     async with open_stream(client, "/api/jobs/doomed/events") as stream:
