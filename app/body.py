@@ -17,10 +17,26 @@ MAX_BODY_WITH_RESULT: Final = MAX_BODY_BYTES + MAX_RESULT_BYTES + 1024
 T = TypeVar("T")
 
 
+class _ResultOnly(msgspec.Struct):
+    """Just enough of a publish body to weigh its `result` before validating the rest."""
+
+    result: msgspec.Raw = msgspec.Raw(b"")
+
+
+_RESULT_ONLY: Final = msgspec.json.Decoder(_ResultOnly)
+
+
+def whole_number(raw: str) -> int | None:
+    """`raw` as a non-negative int when it is plain ASCII digits (`int()` also takes
+    "²" and "٣", and fails on some of them); None otherwise."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_WITH_RESULT) -> bytes:
     """The raw body, refusing (413) more than `limit` bytes before reading them all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    size = whole_number(declared) if declared is not None else None
+    if size is not None and size > limit:
         raise PayloadTooLarge("the request body", MAX_BODY_BYTES)
     chunks: list[bytes] = []
     size = 0
@@ -44,7 +60,17 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T], *, empty: T | None
         raise InvalidUpdate(f"The body is not valid JSON: {exc}") from None
 
 
-def check_body_size(raw: bytes, result_bytes: int) -> None:
-    """Refuse a body whose fields other than `result` pass 64 KiB."""
+def check_body_size(raw: bytes) -> None:
+    """Refuse (413) a body whose fields other than `result` pass 64 KiB.
+
+    Checked before the body is validated, so that an oversized body is a 413 whatever
+    else is wrong with it (API.md §2).
+    """
+    if len(raw) <= MAX_BODY_BYTES:
+        return
+    try:
+        result_bytes = len(_RESULT_ONLY.decode(raw).result)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        result_bytes = 0  # not even a JSON object: nothing excuses its size
     if len(raw) - result_bytes > MAX_BODY_BYTES:
         raise PayloadTooLarge("the request body", MAX_BODY_BYTES)

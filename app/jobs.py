@@ -14,7 +14,7 @@ from app.auth import require_any_reader, require_publisher, require_reader
 from app.body import check_body_size, decode_body, read_body
 from app.fanout import Fanout
 from app.responses import json_response
-from pubsub.events import CREATE_DECODER, ENCODER, UPDATE_DECODER, CreateJob
+from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
 from pubsub.tokens import issue_token
 
@@ -32,7 +32,7 @@ async def create_job(request: Request) -> Response:
     """`POST /api/jobs` → 201 snapshot (with a token when subscriber auth is on)."""
     require_publisher(request)
     raw = await read_body(request)
-    check_body_size(raw, 0)
+    check_body_size(raw)
     spec = decode_body(raw, CREATE_DECODER, empty=CreateJob())
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
@@ -51,9 +51,8 @@ async def publish(request: Request) -> Response:
     require_publisher(request)
     job_id = path_job_id(request)
     raw = await read_body(request)
+    check_body_size(raw)
     update = decode_body(raw, UPDATE_DECODER)
-    result_bytes = 0 if update.result is msgspec.UNSET else len(ENCODER.encode(update.result))
-    check_body_size(raw, result_bytes)
     store: JobStore = request.state.store
     fanout: Fanout = request.state.fanout
     epoch = fanout.epoch

@@ -198,12 +198,16 @@ def _job_paths() -> Schema:
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "schema": {"type": "string", "pattern": "^ *[0-9]* *$"},
+                        "description": "The last seq received; anything but a whole number "
+                        "counts as none (a snapshot first).",
+                        "schema": {"type": "string"},
                     },
                     {
                         "name": "last_event_id",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Like the Last-Event-ID header, for clients that "
+                        "cannot set it.",
+                        "schema": {"type": "string"},
                     },
                     _TOKEN_PARAM,
                 ],
@@ -305,10 +309,11 @@ def _other_paths() -> Schema:
                     {
                         "name": "job",
                         "in": "query",
-                        "description": "Only these jobs",
+                        "description": "Only these jobs (an id no job can have matches "
+                        "nothing)",
                         "schema": {
                             "type": "array",
-                            "items": {"type": "string", "pattern": JOB_ID_PATTERN},
+                            "items": {"type": "string"},
                             "maxItems": MAX_FILTER_JOBS,
                         },
                         "style": "form",

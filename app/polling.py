@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from app.auth import require_reader
+from app.body import whole_number
 from app.jobs import path_job_id
 from app.responses import json_response
 from pubsub.errors import InvalidUpdate, JobNotFound
@@ -57,13 +58,13 @@ async def list_jobs(request: Request) -> Response:
             except ValueError:
                 known = ", ".join(s.value for s in JobStatus)
                 raise InvalidUpdate(f"unknown status {name!r} (known: {known})", field="status")
-    limit_raw = request.query_params.get("limit", "50")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIST_LIMIT:
+    limit = whole_number(request.query_params.get("limit", "50"))
+    if limit is None or not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidUpdate(
             f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}", field="limit"
         )
     store: JobStore = request.state.store
-    jobs = await store.list_jobs(status=statuses, limit=int(limit_raw))
+    jobs = await store.list_jobs(status=statuses, limit=limit)
     return json_response({"jobs": jobs})
 
 

@@ -42,6 +42,8 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATUSES: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
+# API.md §1: only a queued or running job stalls; a retrying one is waiting on purpose.
+STALLABLE_STATUSES: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN)]
 Percent = Annotated[float, Meta(ge=0, le=100)]

@@ -19,8 +19,8 @@ import structlog
 from pubsub.broker import Broker, Commit
 from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobExists, JobNotFound, JobTerminal
 from pubsub.events import (
-    ACTIVE_STATUSES,
     ENCODER,
+    STALLABLE_STATUSES,
     EventKind,
     JobStatus,
     Snapshot,
@@ -268,7 +268,8 @@ class JobStore:
         return snapshot, step.milestone, step.calls
 
     async def mark_stalled(self, stall_after: float, *, scan: int = 1000) -> list[str]:
-        """Flag active jobs silent for `stall_after` seconds; returns the ids newly flagged."""
+        """Flag queued and running jobs silent for `stall_after` seconds; returns the ids
+        newly flagged."""
         cutoff = self._clock() - stall_after
         flagged: list[str] = []
         ids = await self.broker.recent_jobs(0, scan - 1)
@@ -277,7 +278,7 @@ class JobStore:
                 continue
             record = RECORD_DECODER.decode(raw)
             snap = record.snapshot
-            if snap.stalled or snap.status not in ACTIVE_STATUSES or snap.updated_at > cutoff:
+            if snap.stalled or snap.status not in STALLABLE_STATUSES or snap.updated_at > cutoff:
                 continue
             stalled = mark_stalled(record)
             # Losing this race means the job was just updated: it is not stalled after all.

@@ -88,10 +88,11 @@ async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) 
     )
 
 
-async def test_stall_flag_never_marks_finished_jobs(start_hub: HubFactory) -> None:
+async def test_stall_flag_never_marks_finished_nor_retrying_jobs(start_hub: HubFactory) -> None:
     hub = start_hub(stall_after=0.2)
     async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
         await _post(http, "done-1", status="completed")
+        await _post(http, "waiting-1", status="retrying", attempt=2, max_attempts=3)
         await _post(http, "quiet-1", status="running")
 
         async def quiet() -> dict[str, Any]:
@@ -100,8 +101,11 @@ async def test_stall_flag_never_marks_finished_jobs(start_hub: HubFactory) -> No
 
         await eventually(quiet, lambda s: s["stalled"], 5, "the running job stalls")
         finished = (await http.get("/api/jobs/done-1")).json()
+        # A job waiting to retry is silent on purpose (API.md §1: running or queued only).
+        waiting = (await http.get("/api/jobs/waiting-1")).json()
 
     assert (finished["stalled"], finished["seq"]) == (False, 1)
+    assert (waiting["stalled"], waiting["seq"]) == (False, 1)
 
 
 async def test_retention_expires_finished_jobs_from_reads_and_the_list(

@@ -110,7 +110,31 @@ async def test_job_id_of_128_characters_is_fine(client: httpx.AsyncClient) -> No
 async def test_dashboard_filters_are_bounded(client: httpx.AsyncClient) -> None:
     params = {"job": [f"j{i}" for i in range(101)]}
     _error(await client.get("/api/events", params=params), 400)
-    _error(await client.get("/api/events", params={"job": "bad id"}), 400)
+
+
+async def test_list_limit_takes_only_plain_digits(client: httpx.AsyncClient) -> None:
+    for limit in ("\u00b2", "\u0663", "-1", "0", "501", "ten"):  # ², Arabic-Indic 3
+        _error(await client.get("/api/jobs", params={"limit": limit}), 400)
+    assert (await client.get("/api/jobs", params={"limit": "500"})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": "' + b"m" * (70 * KIB) + b'"}',
+        b'{"bogus": "' + b"b" * (70 * KIB) + b'"}',
+        b"not json " * (8 * KIB),
+    ],
+    ids=["long-message", "unknown-field", "not-json"],
+)
+async def test_body_over_64k_is_413_whatever_else_is_wrong(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await client.post(
+        "/api/jobs/big/events", content=body, headers={"Content-Type": "application/json"}
+    )
+    _error(response, 413)
+    assert (await client.get("/api/jobs/big")).status_code == 404
 
 
 async def test_oversized_request_headers_are_refused(client: httpx.AsyncClient) -> None:

@@ -132,6 +132,35 @@ async def test_sse_unknown_job_answers_404_json(client: httpx.AsyncClient) -> No
     assert "missing" in response.json()["error"]
 
 
+@pytest.mark.parametrize("last_event_id", ["abc", "-1", "1.5", "9" * 40])
+async def test_sse_last_event_id_the_hub_never_sent_starts_with_snapshot(
+    client: httpx.AsyncClient, last_event_id: str
+) -> None:
+    # Only 404, 403 and 204 end a stream for good (API.md §3): never a 400.
+    seq = await _publish(client, "odd-id", progress=30)
+    headers = {"Last-Event-ID": last_event_id}
+    async with open_stream(client, "/api/jobs/odd-id/events", headers) as stream:
+        event = await stream.next()
+    assert (event.event, event.id) == ("snapshot", str(seq))
+
+
+async def test_sse_every_job_stream_with_an_invalid_job_filter_shows_nothing_of_others(
+    client: httpx.AsyncClient,
+) -> None:
+    await _publish(client, "listed", progress=10)
+    async with open_stream(client, "/api/events?job=bad%20id&job=listed") as stream:
+        first = await stream.next()
+        await _publish(client, "unlisted", progress=20)
+        await _publish(client, "listed", progress=30)
+        second = await stream.next()
+    assert (first.event, data(first)["job_id"]) == ("snapshot", "listed")
+    assert (second.event, data(second)["job_id"], data(second)["progress"]) == (
+        "progress",
+        "listed",
+        30,
+    )
+
+
 async def test_sse_stream_joining_a_followed_job_starts_from_its_latest_write(
     client: httpx.AsyncClient,
 ) -> None:
