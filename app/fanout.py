@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import msgspec
@@ -34,7 +32,8 @@ log = structlog.get_logger(__name__)
 # frame per job: every event is a full snapshot, so the latest one loses no state.
 MAX_PENDING_FRAMES: Final = 64
 RESYNC_JOBS: Final = 200
-# A token's expiry ends its stream at most this late (API.md §3).
+# A token's expiry ends its stream at most this late (API.md §3); a send blocked past
+# its timeout is cut at most this late too.
 TOKEN_CHECK_INTERVAL: Final = 1.0
 # How long a stream told to go away (shutdown) waits before reconnecting: short, because
 # another hub is there, and jittered, so that its clients do not all arrive at once.
@@ -52,7 +51,9 @@ class Subscriber:
     last_seq: int = 0
     expires_at: float | None = None
     closed: bool = False
-    _frames: deque[tuple[str, int, bytes]] = field(default_factory=deque)
+    # A list, not a deque: frames are only appended and taken all at once, and an empty
+    # deque allocates a 64-slot block, 0.7 KiB per idle stream (issue 6: memory).
+    _frames: list[tuple[str, int, bytes]] = field(default_factory=list)
     # A bare loop future, not anyio.Event: anyio.Event() looks up the async backend on
     # every construction, and a stream waits once per delivery (issue 6, bench profile).
     _wakeup: asyncio.Future[None] | None = None
@@ -72,7 +73,7 @@ class Subscriber:
     def start_after(self, seq: int) -> None:
         """Resume live delivery after `seq`: drop what was queued up to it while loading."""
         self.last_seq = max(self.last_seq, seq)
-        self._frames = deque(item for item in self._frames if item[1] == 0 or item[1] > seq)
+        self._frames = [item for item in self._frames if item[1] == 0 or item[1] > seq]
 
     def close(self) -> None:
         """End the stream after what is already queued."""
@@ -112,8 +113,42 @@ class Subscriber:
         for item in self._frames:
             latest.pop(item[0], None)
             latest[item[0]] = item
-        self._frames = deque(latest.values())
+        self._frames = list(latest.values())
         metrics.FRAMES_CONFLATED.inc()
+
+
+class WatchedSend(Protocol):
+    """A stream whose blocked sends the fan-out's clock checks (`app.sse.HubStream`)."""
+
+    def cut_if_stuck(self, now: float) -> None:
+        """End the stream if one send has been blocked for too long (`now`: monotonic)."""
+
+
+class SendWatchdog(Protocol):
+    """Where streams register to have blocked sends cut (the `Fanout`)."""
+
+    def watch_sends(self, stream: WatchedSend) -> None: ...
+
+    def unwatch_sends(self, stream: WatchedSend) -> None: ...
+
+
+class Subscription:
+    """`async with fanout.subscribe(...) as subscriber:` — a class rather than an
+    `@asynccontextmanager`, whose suspended generator each open stream would hold for
+    its whole life (issue 6: memory per stream)."""
+
+    __slots__ = ("_fanout", "_subscriber")
+
+    def __init__(self, fanout: Fanout, subscriber: Subscriber) -> None:
+        self._fanout = fanout
+        self._subscriber = subscriber
+
+    async def __aenter__(self) -> Subscriber:
+        await self._fanout._enter(self._subscriber)
+        return self._subscriber
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._fanout._exit(self._subscriber)
 
 
 @dataclass(slots=True, eq=False)
@@ -145,6 +180,7 @@ class Fanout:
         self._heartbeat = heartbeat
         self._channels: dict[str | None, _Channel] = {}
         self._lock = anyio.Lock()
+        self._watched: set[WatchedSend] = set()
         self.open_streams = 0
         self.draining = False
 
@@ -155,32 +191,45 @@ class Fanout:
             tg.start_soon(self._tick)
             tg.start_soon(self._close_on_exit)
 
-    @asynccontextmanager
-    async def subscribe(
+    def watch_sends(self, stream: WatchedSend) -> None:
+        """Check `stream` for a blocked send on every tick, until `unwatch_sends`."""
+        self._watched.add(stream)
+
+    def unwatch_sends(self, stream: WatchedSend) -> None:
+        """Stop checking `stream`."""
+        self._watched.discard(stream)
+
+    def subscribe(
         self,
         job_id: str | None,
         *,
         jobs: Iterable[str] | None = None,
         expires_at: float | None = None,
-    ) -> AsyncIterator[Subscriber]:
+    ) -> Subscription:
         """Register a stream for one job (None: every job) for the duration of the block."""
         subscriber = Subscriber(
             job_id=job_id, jobs=frozenset(jobs) if jobs else None, expires_at=expires_at
         )
+        return Subscription(self, subscriber)
+
+    async def _enter(self, subscriber: Subscriber) -> None:
         self.open_streams += 1
         metrics.STREAMS_OPEN.inc()
         try:
-            await self._join(job_id, subscriber)
-            if self.draining:
-                # Admitted just before the shutdown notice: send it elsewhere too.
-                self._send_away(subscriber)
-            yield subscriber
-        finally:
-            self.open_streams -= 1
-            metrics.STREAMS_OPEN.dec()
-            subscriber.close()
-            with anyio.CancelScope(shield=True):
-                await self._leave(job_id, subscriber)
+            await self._join(subscriber.job_id, subscriber)
+        except BaseException:
+            await self._exit(subscriber)
+            raise
+        if self.draining:
+            # Admitted just before the shutdown notice: send it elsewhere too.
+            self._send_away(subscriber)
+
+    async def _exit(self, subscriber: Subscriber) -> None:
+        self.open_streams -= 1
+        metrics.STREAMS_OPEN.dec()
+        subscriber.close()
+        with anyio.CancelScope(shield=True):
+            await self._leave(subscriber.job_id, subscriber)
 
     @property
     def epoch(self) -> int:
@@ -361,8 +410,8 @@ class Fanout:
                 subscriber.close()
 
     async def _tick(self) -> None:
-        """The one clock of the process: ends expired tokens' streams within a second, and
-        pings idle streams every heartbeat."""
+        """The one clock of the process: ends expired tokens' streams within a second,
+        pings idle streams every heartbeat, and cuts sends blocked past their timeout."""
         step = min(self._heartbeat, TOKEN_CHECK_INTERVAL)
         next_ping = time.monotonic() + self._heartbeat
         while True:
@@ -377,3 +426,6 @@ class Fanout:
                         subscriber.close()
                     elif ping and subscriber.idle:
                         subscriber.push("", frames.PING)
+            monotonic = time.monotonic()
+            for stream in list(self._watched):
+                stream.cut_if_stuck(monotonic)

@@ -52,5 +52,10 @@ class EdgeHeadersMiddleware:
                 headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        # Bound and reset by hand: `bound_contextvars()` is a generator-based context
+        # manager, and a stream would hold its suspended generator for its whole life.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send_with_headers)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
