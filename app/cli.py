@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 EXIT_BAD_CONFIG = 2
 # How long streams that cannot take the goodbye (stuck clients) may hold up the exit.
 SHUTDOWN_GRACE_SECONDS = 5
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,12 +94,14 @@ def serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_level="warning",
+            access_log=False,  # never shown at "warning"; skip building each line
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
             lifespan="on",
         )
         # The hub ends its own streams on shutdown (app.shutdown); sse-starlette's watcher
         # would otherwise race it and cut streams before they hear where to reconnect.
         AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+        _tune_gc()
         HubServer(config, notice).run()
         return 0
     finally:
@@ -108,6 +112,21 @@ def serve(args: argparse.Namespace) -> int:
                 demo.stdin.close()
         if embedded is not None:
             embedded.stop()
+
+
+def _tune_gc() -> None:
+    """Collect garbage less often than CPython's default, for a process that holds many
+    long-lived objects (every open stream) and allocates briskly (every connect).
+
+    With the default threshold (700 allocations), a hub opening 5,000 streams ran 880
+    young collections, each walking objects that live as long as their stream: 360 µs
+    of CPU per connect, against 212 µs with this setting (issue 6, /proc CPU over 5,000
+    connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
+    what start-up built (modules, the app) out of every later collection's way.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def token(args: argparse.Namespace) -> int:

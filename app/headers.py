@@ -4,12 +4,11 @@ pays for every wrapper on every frame (docs/performance.md)."""
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from typing import Final
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_SECURITY_POLICY: Final = (
@@ -20,6 +19,11 @@ REQUEST_ID_HEADER: Final = b"x-request-id"
 # A caller's own request id is kept when it is short and plain (it ends up in log lines,
 # so nothing that could forge a line or grow without bound); else the hub makes one.
 _REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+SECURITY_HEADERS: Final = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+)
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -41,15 +45,18 @@ class EdgeHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming_request_id(scope) or secrets.token_hex(8)
+        # An id to find log lines by, not a secret: no need for os.urandom per request.
+        request_id = incoming_request_id(scope) or f"{random.getrandbits(64):016x}"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Request-ID", request_id)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("Referrer-Policy", "no-referrer")
-                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                # Raw header tuples: a stream connect pays for this once, a poll on every
+                # request, and Starlette's MutableHeaders rescans the list per call.
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                message = {**message, "headers": headers}
             await send(message)
 
         # Bound and reset by hand: `bound_contextvars()` is a generator-based context

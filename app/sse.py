@@ -163,7 +163,6 @@ async def job_events(request: Request) -> Response:
         return Response(status_code=204)
 
     async def body() -> AsyncIterator[bytes]:
-        yield frames.retry(settings.retry_ms)
         try:
             async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as subscriber:
                 # Subscribed first, read second: nothing published in between is missed,
@@ -175,16 +174,21 @@ async def job_events(request: Request) -> Response:
                 current = replay.snapshot
                 fanout.observe(current, epoch)
                 subscriber.start_after(current.seq)
+                # The opening frames go out in one write: on this VM each socket write is
+                # the largest single cost of a connect (issue 6, cProfile of connects).
+                opening = [frames.retry(settings.retry_ms)]
                 if replay.missed is None:
-                    yield frames.event(b"snapshot", ENCODER.encode(current), current.seq)
+                    opening.append(frames.event(b"snapshot", ENCODER.encode(current), current.seq))
                 else:
                     first = current.seq - len(replay.missed) + 1
-                    yield b"".join(
+                    opening.extend(
                         frames.event(b"progress", event, first + i)
                         for i, event in enumerate(replay.missed)
                     )
                 if current.is_terminal:
-                    yield frames.end(job_id, current.seq, current.status)
+                    opening.append(frames.end(job_id, current.seq, current.status))
+                yield b"".join(opening)
+                if current.is_terminal:
                     return
                 while (batch := await subscriber.next_frames()) is not None:
                     yield batch
@@ -211,14 +215,15 @@ async def all_events(request: Request) -> Response:
         return turn_away(DRAIN_RETRY_MS)
 
     async def body() -> AsyncIterator[bytes]:
-        yield frames.retry(settings.retry_ms)
         try:
             async with fanout.subscribe(None, jobs=jobs, expires_at=_expiry(claims)) as subscriber:
                 if jobs:
                     snapshots = await _existing(store, jobs)
                 else:
                     snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
-                yield b"".join(frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots)
+                yield frames.retry(settings.retry_ms) + b"".join(
+                    frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots
+                )
                 while (batch := await subscriber.next_frames()) is not None:
                     yield batch
         except BrokerUnavailable:
