@@ -9,7 +9,12 @@ import re
 from typing import Final
 
 import structlog
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.responses import json_response
 
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -66,3 +71,20 @@ class EdgeHeadersMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
+
+
+class JSONErrorCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the hub's error shape
+    (`{"error": ...}`, API.md §2) instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        reason = bytes(response.body).decode()  # e.g. "Disallowed CORS origin"
+        return json_response({"error": f"{reason}."}, status_code=400, headers=kept)

@@ -13,7 +13,6 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -22,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from app import health, jobs, polling, sse
 from app.errors import EXCEPTION_HANDLERS
 from app.fanout import Fanout
-from app.headers import EdgeHeadersMiddleware
+from app.headers import EdgeHeadersMiddleware, JSONErrorCORSMiddleware
 from app.lane import HotLaneMiddleware
 from app.limits import AdmissionMiddleware
 from app.openapi import openapi_schema
@@ -140,7 +139,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
     if settings.cors_origins:
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                JSONErrorCORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=[

@@ -236,6 +236,7 @@ async def test_cors_allows_configured_origins_only(start_hub: HubFactory) -> Non
         stranger = await http.options("/api/jobs", headers={**PREFLIGHT, "Origin": "https://x.y"})
         assert stranger.status_code == 400
         assert "access-control-allow-origin" not in stranger.headers
+        assert stranger.json() == {"error": "Disallowed CORS origin."}
         simple = await http.get("/api/jobs", headers={"Origin": ORIGIN})
         assert simple.headers["access-control-allow-origin"] == ORIGIN
         assert (await http.post("/api/jobs/c1/events", json={"progress": 1})).status_code == 202
