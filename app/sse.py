@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from typing import Any, Final, cast
 
 import anyio
 import structlog
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app import frames, metrics
 from app.auth import require_reader
@@ -64,15 +65,18 @@ class HubStream(EventSourceResponse):
     _sending_since: float | None = None
     _stuck = False
     _cut: anyio.CancelScope | None = None
+    _send: Send | None = None
+    """Set while the body is being streamed: then `write_now` may write."""
+    _in_flight: _InFlight | None = None
 
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        body: Callable[[HubStream], AsyncIterator[bytes]],
         *,
         send_timeout: float,
         watchdog: SendWatchdog | None = None,
     ) -> None:
-        self.body_iterator = body
+        self.body_iterator = body(self)
         self.status_code = 200
         self.raw_headers = STREAM_HEADERS  # only read: every sender copies before adding
         self.send_timeout = send_timeout
@@ -111,14 +115,63 @@ class HubStream(EventSourceResponse):
             if self._cut is not None:
                 self._cut.cancel()
 
+    @property
+    def busy(self) -> bool:
+        """True while a write started by `write_now` waits for the client."""
+        return self._in_flight is not None
+
+    def write_now(self, frame: bytes) -> bool:
+        """Write `frame` from the caller's context (the fan-out), without a task switch.
+
+        The ASGI `send` coroutine is stepped here: when the socket takes the frame (the
+        usual case) it finishes in that one step. When it has to wait for the client
+        (flow control), it is kept in flight and the stream's own task finishes it; until
+        then this returns False and frames queue. Python 3.12's eager tasks do the same.
+        """
+        send = self._send
+        if send is None or self._in_flight is not None:
+            return False
+        message: Message = {"type": "http.response.body", "body": frame, "more_body": True}
+        write = cast(Coroutine[Any, Any, None], send(message))
+        try:
+            waiting_on = write.send(None)
+        except StopIteration:
+            return True
+        except BaseException as exc:  # raised again by the stream's task
+            self._in_flight = _InFlight(write, None, exc)
+            return True
+        self._in_flight = _InFlight(write, waiting_on, None)
+        self._sending_since = time.monotonic()
+        return True
+
+    async def _finish_in_flight(self) -> None:
+        in_flight = self._in_flight
+        if in_flight is None:
+            return
+        try:
+            await in_flight
+        finally:
+            self._in_flight = None
+            self._sending_since = None
+
     async def _stream_response(self, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        async for chunk in self.body_iterator:
-            self._sending_since = time.monotonic()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            self._sending_since = None
+        # Only a coroutine function's call can be stepped by hand (every ASGI server's
+        # and middleware's `send` is one; a plain callable returning a future is not).
+        self._send = send if inspect.iscoroutinefunction(send) else None
+        try:
+            async for chunk in self.body_iterator:
+                await self._finish_in_flight()
+                if not chunk:
+                    continue  # woken only to finish a direct write
+                self._sending_since = time.monotonic()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._sending_since = None
+            await self._finish_in_flight()
+        finally:
+            self._send = None
         self.active = False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -129,6 +182,38 @@ class HubStream(EventSourceResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class _InFlight:
+    """A send coroutine first stepped outside any task, awaited to its end by the stream's
+    task: each future it waits on is handed up to that task, each result handed down."""
+
+    __slots__ = ("_write", "_waiting_on", "_error")
+
+    def __init__(
+        self, write: Coroutine[Any, Any, None], waiting_on: Any, error: BaseException | None
+    ) -> None:
+        self._write = write
+        self._waiting_on = waiting_on
+        self._error = error
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        if self._error is not None:
+            raise self._error
+        write, waiting_on = self._write, self._waiting_on
+        while True:
+            try:
+                result = yield waiting_on
+            except BaseException as exc:  # cancelled: let the write clean up, then re-raise
+                try:
+                    waiting_on = write.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = write.send(result)
+                except StopIteration:
+                    return
+
+
 async def _on_disconnect(receive: Receive, cut: anyio.CancelScope) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -136,8 +221,12 @@ async def _on_disconnect(receive: Receive, cut: anyio.CancelScope) -> None:
 
 
 def _stream(
-    body: AsyncIterator[bytes], send_timeout: float, watchdog: SendWatchdog | None = None
+    body: Callable[[HubStream], AsyncIterator[bytes]],
+    send_timeout: float,
+    watchdog: SendWatchdog | None = None,
 ) -> EventSourceResponse:
+    """A stream whose body is `body(stream)`: the body may hand the stream to the fan-out
+    as the writer of its frames."""
     # Heartbeats come from the fan-out's one shared ticker, not a task per stream.
     return HubStream(body, send_timeout=send_timeout, watchdog=watchdog)
 
@@ -146,10 +235,10 @@ def turn_away(retry_ms: tuple[int, int] = TURN_AWAY_RETRY_MS) -> EventSourceResp
     """200, a jittered `retry:` and a close: a browser retries that, never a 503 (API.md §3)."""
     metrics.STREAMS_REFUSED.inc()
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body(_: HubStream) -> AsyncIterator[bytes]:
         yield frames.retry(random.randint(*retry_ms))
 
-    return _stream(body(), TURN_AWAY_SEND_TIMEOUT)
+    return _stream(body, TURN_AWAY_SEND_TIMEOUT)
 
 
 def _last_event_id(request: Request) -> int | None:
@@ -190,9 +279,11 @@ async def job_events(request: Request) -> Response:
         # The client has the final event: 204 tells a browser to stop reconnecting.
         return Response(status_code=204)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body(stream: HubStream) -> AsyncIterator[bytes]:
         try:
-            async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as subscriber:
+            async with fanout.subscribe(
+                job_id, expires_at=_expiry(claims), writer=stream
+            ) as subscriber:
                 # Subscribed first, read second: nothing published in between is missed,
                 # and start_after() drops what the read already covers.
                 epoch = fanout.epoch
@@ -224,7 +315,7 @@ async def job_events(request: Request) -> Response:
             metrics.STREAMS_REFUSED.inc()
             yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
 
-    return _stream(body(), settings.send_timeout, fanout)
+    return _stream(body, settings.send_timeout, fanout)
 
 
 async def all_events(request: Request) -> Response:
@@ -242,9 +333,11 @@ async def all_events(request: Request) -> Response:
     if fanout.draining:
         return turn_away(DRAIN_RETRY_MS)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body(stream: HubStream) -> AsyncIterator[bytes]:
         try:
-            async with fanout.subscribe(None, jobs=jobs, expires_at=_expiry(claims)) as subscriber:
+            async with fanout.subscribe(
+                None, jobs=jobs, expires_at=_expiry(claims), writer=stream
+            ) as subscriber:
                 if jobs:
                     snapshots = await _existing(store, jobs)
                 else:
@@ -258,7 +351,7 @@ async def all_events(request: Request) -> Response:
             metrics.STREAMS_REFUSED.inc()
             yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
 
-    return _stream(body(), settings.send_timeout, fanout)
+    return _stream(body, settings.send_timeout, fanout)
 
 
 async def _existing(store: JobStore, jobs: list[str]) -> list[Snapshot]:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from pubsub.brokers.redis import channel
 from pubsub.events import ENCODER, JobStatus, Snapshot, Update
 from pubsub.store import JobStore
-from tests.hub import spawn_hub
+from tests.hub import ThreadHub, spawn_hub
 from tests.probes import metric, rss_kib
 from tests.streams import RawStream
 
@@ -212,3 +212,21 @@ async def test_client_churn_leaves_no_subscription_behind(redis_url: str, store:
         f"\nchurn: {CHURN} connects/disconnects in {churn_seconds:.2f}s; 0 streams, "
         f"0 subscriptions, 0 Redis channels after; hub RSS {rss_before} -> {rss_after} KiB"
     )
+
+
+async def test_writes_held_up_by_a_stopped_client_finish_in_order_when_it_reads_again(
+    hub: ThreadHub, redis_url: str, store: JobStore
+) -> None:
+    # In this process (the hub runs in a thread), so that the path it exercises is seen
+    # here: the fan-out starts a write that the client's flow control holds up, the
+    # stream's own task finishes it later, and frames arriving meanwhile queue behind it.
+    base = await store.publish("held", Update(status=JobStatus.RUNNING))
+    held = await RawStream.open(
+        hub.url, "/api/jobs/held/events", receive_buffer=SMALL_RECEIVE_BUFFER
+    )
+    async with held:
+        assert (await held.next_event()) is not None  # then it stops reading
+        final = await _flood(redis_url, base, 1_000)  # ~7 MiB: more than socket buffers
+        seqs = await _read_until_seq(held, final, timeout=20)
+    assert seqs == sorted(set(seqs)), "an event came twice or out of order"
+    assert seqs[-1] == final
