@@ -7,9 +7,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+import redis.asyncio as redis
 
 from app.embedded import EmbeddedServer
 from pubsub.broker import open_broker
+from pubsub.brokers import redis as redis_broker
+from pubsub.brokers.redis import RedisBroker
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import JobStatus, Snapshot
 from pubsub.publisher import Tracker
@@ -164,3 +167,49 @@ async def test_tracker_exit_during_an_outage_gives_up_after_close_timeout(
 
     took = anyio.current_time() - started
     assert took < 3, f"leaving the block took {took:.1f} s"
+
+
+async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A half-open connection (a dead peer that sent no RST, a NAT that forgot it) looks
+    # like Redis not answering; CLIENT PAUSE makes Redis not answer for real.
+    monkeypatch.setattr(redis_broker, "FEED_HEALTH_INTERVAL", 0.2)
+    broker = RedisBroker(server.url)
+    reconnected = anyio.Event()
+    delivered: list[bytes] = []
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    async def _delivered() -> list[bytes]:
+        return delivered
+
+    async def subscribed() -> bool:
+        try:
+            await broker.subscribe("quiet")
+        except BrokerUnavailable:
+            return False
+        return True
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_reconnect)
+            await eventually(subscribed, bool, 5, "the feed is up")
+            admin = redis.Redis.from_url(server.url)
+            try:
+                await admin.client_pause(1500)
+            finally:
+                await admin.aclose()
+            with anyio.fail_after(10):
+                await reconnected.wait()  # the quiet feed was given up and replaced
+            admin = redis.Redis.from_url(server.url)
+            try:
+                await admin.publish(redis_broker.channel("quiet"), b"after")
+            finally:
+                await admin.aclose()
+            await eventually(lambda: _delivered(), bool, 5, "events flow again")
+            tg.cancel_scope.cancel()
+    finally:
+        await broker.aclose()
+    assert delivered == [b"after"]
