@@ -7,11 +7,10 @@ keys share one Redis Cluster slot and the commit script stays a single atomic st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 import anyio
 import hiredis
@@ -45,6 +44,8 @@ RECONNECT_BACKOFF_MAX: Final = 1.0
 POOL_SIZE: Final = 64
 POOL_WAIT: Final = 5.0
 OUTAGE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+T = TypeVar("T")
 
 
 def job_key(job_id: str) -> str:
@@ -89,12 +90,48 @@ async def _translated_outage() -> AsyncIterator[None]:
         raise BrokerUnavailable(type(exc).__name__) from exc
 
 
-@dataclass(slots=True)
-class _PendingCommit:
-    """A commit waiting in the current batch, and where its script's reply goes."""
+class _TickBatcher(Generic[T]):
+    """Calls made in the same tick of the event loop share one pipelined round trip.
 
-    commit: Commit
-    reply: asyncio.Future[Any]
+    The first call of a tick is the leader: it yields once, so that every concurrent
+    caller (publishers, HTTP requests, polls) can join, then sends the whole batch with
+    `send` and hands each caller its own reply. Shielded: the other callers' replies
+    depend on it, and the socket timeouts bound it. A failure of the round trip reaches
+    every caller of the batch. redis-py's per-command cost (pool checkout, timeouts,
+    retry wrapper) is then paid once per batch (issue 6: polling, publish).
+    """
+
+    def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]]) -> None:
+        self._send = send
+        self._batch: list[tuple[T, asyncio.Future[Any]]] | None = None
+
+    async def call(self, item: T) -> Any:
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._batch is not None:
+            self._batch.append((item, reply))  # the batch's leader has not sent it yet
+        else:
+            self._batch = batch = [(item, reply)]
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.sleep(0)
+                finally:
+                    self._batch = None
+                await self._send_batch(batch)
+        async with _translated_outage():
+            return await reply
+
+    async def _send_batch(self, batch: list[tuple[T, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._send([item for item, _ in batch])
+        except Exception as exc:
+            for _, reply in batch:
+                reply.set_exception(exc)
+            return
+        for (_, reply), value in zip(batch, replies, strict=True):
+            if isinstance(value, Exception):
+                reply.set_exception(value)
+            else:
+                reply.set_result(value)
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -146,17 +183,25 @@ class RedisBroker:
         self._confirmations: dict[bytes, anyio.Event] = {}
         self._pubsub: PubSub | None = None
         self._subscribe_lock = anyio.Lock()
-        self._batch: list[_PendingCommit] | None = None
+        self._commits = _TickBatcher(self._send_commits)
+        self._reads = _TickBatcher(self._send_reads)
 
     async def load(self, job_id: str) -> bytes | None:
-        async with _translated_outage():
-            record = cast(bytes | None, await self._client.hget(job_key(job_id), "record"))
-        return record
+        return cast(bytes | None, await self._reads.call((job_key(job_id), "record")))
 
     async def load_seq(self, job_id: str) -> int | None:
-        async with _translated_outage():
-            seq = cast(bytes | None, await self._client.hget(job_key(job_id), "seq"))
+        seq = cast(bytes | None, await self._reads.call((job_key(job_id), "seq")))
         return int(seq) if seq is not None else None
+
+    async def _send_reads(self, fields: list[tuple[str, str]]) -> list[Any]:
+        """HGET of each (key, field), in one round trip."""
+        if len(fields) == 1:
+            return [await self._client.hget(*fields[0])]  # no pipeline for a lone read
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, name in fields:
+                pipe.hget(key, name)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
 
     async def load_many(self, job_ids: Sequence[str]) -> list[bytes | None]:
         if not job_ids:
@@ -169,49 +214,24 @@ class RedisBroker:
         return records
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
-        pending = _PendingCommit(commit, asyncio.get_running_loop().create_future())
-        if self._batch is not None:
-            self._batch.append(pending)  # the batch's leader has not sent it yet
-        else:
-            # Commits made in the same tick of the loop (concurrent publishers, concurrent
-            # HTTP requests) share one pipelined round trip; each is still its own atomic
-            # compare-and-set script. Shielded: the other callers' replies depend on it,
-            # and the socket timeouts bound it.
-            self._batch = batch = [pending]
-            with anyio.CancelScope(shield=True):
-                try:
-                    await anyio.sleep(0)
-                finally:
-                    self._batch = None
-                await self._send_batch(batch)
-        async with _translated_outage():
-            reply = await pending.reply
+        # Each commit of a batch is still its own atomic compare-and-set script.
+        reply = await self._commits.call(commit)
         if reply[0] == 1:
             return True, None
         return False, reply[1] if len(reply) > 1 else None
 
-    async def _send_batch(self, batch: list[_PendingCommit]) -> None:
-        try:
-            replies = await self._pipeline_commits(batch)
-            missing = [p for p, r in zip(batch, replies, strict=True) if _is_noscript(r)]
-            if missing:  # Redis restarted and forgot the script: load it, send those again
-                await self._client.script_load(self._commit.script)
-                for p, r in zip(missing, await self._pipeline_commits(missing), strict=True):
-                    replies[batch.index(p)] = r
-        except Exception as exc:  # every caller of the batch learns of the failure
-            for p in batch:
-                p.reply.set_exception(exc)
-            return
-        for p, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
-                p.reply.set_exception(reply)
-            else:
-                p.reply.set_result(reply)
+    async def _send_commits(self, batch: list[Commit]) -> list[Any]:
+        replies = await self._pipeline_commits(batch)
+        missing = [c for c, r in zip(batch, replies, strict=True) if _is_noscript(r)]
+        if missing:  # Redis restarted and forgot the script: load it, send those again
+            await self._client.script_load(self._commit.script)
+            for c, r in zip(missing, await self._pipeline_commits(missing), strict=True):
+                replies[batch.index(c)] = r
+        return replies
 
-    async def _pipeline_commits(self, batch: list[_PendingCommit]) -> list[Any]:
+    async def _pipeline_commits(self, batch: list[Commit]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
-            for p in batch:
-                c = p.commit
+            for c in batch:
                 keys = _job_keys(c.job_id)
                 args: list[Any] = [
                     c.expected_seq,
@@ -230,7 +250,7 @@ class RedisBroker:
             replies = await pipe.execute(raise_on_error=False)
         # Keep only the scripts' replies (drop those of the index writes).
         it = iter(replies)
-        return [next(it) if p.commit.expected_seq else _first(it) for p in batch]
+        return [next(it) if c.expected_seq else _first(it) for c in batch]
 
     async def history(self, job_id: str, count: int) -> list[bytes]:
         if count <= 0:
