@@ -28,7 +28,10 @@ code needs no `if job_id:` branches.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import time
 from types import TracebackType
 from typing import Any, Final
 
@@ -48,6 +51,11 @@ from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION, JobStore
 from pubsub.updates import UpdateBuilder
 
 log = structlog.get_logger(__name__)
+
+# asyncio's own clock and events, not anyio's: the library runs on asyncio (redis.asyncio,
+# the sync tracker's loop), and anyio looks up the running backend on every call, a
+# tenth of a publish's CPU in the bench's profile (issue 6: library publish).
+_now = time.monotonic
 
 DEFAULT_COALESCE_SECONDS: Final = 0.05
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
@@ -91,8 +99,8 @@ class Tracker:
         self._close_timeout = close_timeout
         self._backlog = Backlog()
         self._task_group: TaskGroup | None = None
-        self._wakeup: anyio.Event | None = None
-        self._idle: anyio.Event | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._closed = False
         self._ended = False
         self._publishing = False
@@ -229,7 +237,7 @@ class Tracker:
             return
         self._require_open()
         while len(self._backlog) or self._publishing:
-            self._idle = anyio.Event()
+            self._idle = asyncio.Event()
             self._flush_now = True
             self._wake()
             await self._idle.wait()
@@ -252,7 +260,7 @@ class Tracker:
             return self
         if self._task_group is not None:
             raise RuntimeError("a Tracker can be entered only once")
-        self._wakeup = anyio.Event()
+        self._wakeup = asyncio.Event()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -292,7 +300,7 @@ class Tracker:
             # Real progress (or a new stage, or a status) ends the current auto-advance.
             self._auto = None
         if auto_advance is not None:
-            now = anyio.current_time()
+            now = _now()
             self._auto = AutoAdvance(started=now, expected=auto_advance, next_tick=now)
         self._ended = self._ended or ends
         self._backlog.add(update)
@@ -311,14 +319,16 @@ class Tracker:
     async def _send_forever(self) -> None:
         """The sender: publishes the backlog when due and drives auto-advance."""
         while True:
-            delay = self._next_due() - anyio.current_time()
+            delay = self._next_due() - _now()
             if delay > 0:
                 assert self._wakeup is not None
-                with anyio.move_on_after(delay):
-                    await self._wakeup.wait()
+                # asyncio.timeout, not anyio.move_on_after: see `_now` (one per publish).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if math.isinf(delay) else delay):
+                        await self._wakeup.wait()
             if self._wakeup is not None and self._wakeup.is_set():
-                self._wakeup = anyio.Event()
-            now = anyio.current_time()
+                self._wakeup = asyncio.Event()
+            now = _now()
             self._tick_auto_advance(now)
             if len(self._backlog) and now >= self._flush_due():
                 await self._publish_backlog()
@@ -378,17 +388,17 @@ class Tracker:
             self._flush_now = False
         finally:
             self._publishing = False
-            self._last_publish = anyio.current_time()
+            self._last_publish = _now()
             if self._idle is not None and not len(self._backlog):
                 self._idle.set()
 
     def _outage_began(self, exc: BrokerUnavailable) -> None:
-        if self._outage.failed(anyio.current_time()):
+        if self._outage.failed(_now()):
             queued = len(self._backlog)
             log.warning("broker_unavailable", job_id=self.job_id, error=str(exc), queued=queued)
 
     def _outage_ended(self) -> None:
-        lasted = self._outage.succeeded(anyio.current_time())
+        lasted = self._outage.succeeded(_now())
         if lasted is not None:
             log.info("broker_restored", job_id=self.job_id, seconds_down=round(lasted, 3))
 

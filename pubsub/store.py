@@ -141,8 +141,9 @@ class JobStore:
                 self._commit(merged, expected_seq=expected, result=result)
             )
             if committed:
+                # No log line here: this is the hot path of every worker, and an
+                # unconfigured structlog prints every level (the hub counts publishes).
                 self._remember(merged)
-                log.debug("job_published", job_id=job_id, seq=merged.snapshot.seq)
                 return merged.snapshot
             cached = None
             record = RECORD_DECODER.decode(current) if current else None

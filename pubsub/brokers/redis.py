@@ -93,41 +93,48 @@ async def _translated_outage() -> AsyncIterator[None]:
 class _TickBatcher(Generic[T]):
     """Calls made in the same tick of the event loop share one pipelined round trip.
 
-    The first call of a tick is the leader: it yields once, so that every concurrent
-    caller (publishers, HTTP requests, polls) can join, then sends the whole batch with
-    `send` and hands each caller its own reply. Shielded: the other callers' replies
-    depend on it, and the socket timeouts bound it. A failure of the round trip reaches
-    every caller of the batch. redis-py's per-command cost (pool checkout, timeouts,
-    retry wrapper) is then paid once per batch (issue 6: polling, publish).
+    The first call of a tick starts a sender task, which runs from the next tick on:
+    by then every concurrent caller (publishers, HTTP requests, polls) has joined the
+    batch. It sends the whole batch with `send` and hands each caller its own reply, or
+    the round trip's failure. A task, not the first caller, so that a caller cancelled
+    meanwhile takes nobody's reply with it. redis-py's per-command cost (pool checkout,
+    timeouts, retry wrapper) is then paid once per batch (issue 6: polling, publish).
     """
 
     def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]]) -> None:
         self._send = send
         self._batch: list[tuple[T, asyncio.Future[Any]]] | None = None
+        self._senders: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def call(self, item: T) -> Any:
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
         if self._batch is not None:
-            self._batch.append((item, reply))  # the batch's leader has not sent it yet
+            self._batch.append((item, reply))  # the sender has not taken the batch yet
         else:
-            self._batch = batch = [(item, reply)]
-            with anyio.CancelScope(shield=True):
-                try:
-                    await anyio.sleep(0)
-                finally:
-                    self._batch = None
-                await self._send_batch(batch)
+            self._batch = [(item, reply)]
+            sender = loop.create_task(self._send_batch())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         async with _translated_outage():
             return await reply
 
-    async def _send_batch(self, batch: list[tuple[T, asyncio.Future[Any]]]) -> None:
+    async def _send_batch(self) -> None:
+        batch, self._batch = self._batch or [], None
         try:
             replies = await self._send([item for item, _ in batch])
         except Exception as exc:
             for _, reply in batch:
-                reply.set_exception(exc)
+                if not reply.done():  # done: its caller was cancelled meanwhile
+                    reply.set_exception(exc)
             return
+        except BaseException:  # the sender itself cancelled (the loop shutting down)
+            for _, reply in batch:
+                reply.cancel()
+            raise
         for (_, reply), value in zip(batch, replies, strict=True):
+            if reply.done():
+                continue
             if isinstance(value, Exception):
                 reply.set_exception(value)
             else:
