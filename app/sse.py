@@ -127,6 +127,8 @@ class HubStream(EventSourceResponse):
         usual case) it finishes in that one step. When it has to wait for the client
         (flow control), it is kept in flight and the stream's own task finishes it; until
         then this returns False and frames queue. Python 3.12's eager tasks do the same.
+        It relies on no layer's `send` entering a cancel scope or anything else bound to
+        the task it started in (none of this app's middleware does).
         """
         send = self._send
         if send is None or self._in_flight is not None:
