@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import uvicorn
@@ -28,6 +28,13 @@ EXIT_BAD_CONFIG = 2
 # How long streams that cannot take the goodbye (stuck clients) may hold up the exit.
 SHUTDOWN_GRACE_SECONDS = 5
 GC_YOUNG_THRESHOLD = 50_000
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad flags exit 2 with one line, like bad PROGRESS_* variables, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_CONFIG, f"{self.prog}: {message} (see --help)\n")
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -143,8 +150,10 @@ def token(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `progress-hub` command."""
-    parser = argparse.ArgumentParser(prog="progress-hub", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineErrors(prog="progress-hub", description=__doc__)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", required=True, parser_class=_OneLineErrors
+    )
     _serve_parser(sub)
     tok = sub.add_parser("token", help="issue a subscriber token")
     tok.add_argument("--job", action="append", help="job id the token may read ('*': all)")

@@ -42,6 +42,8 @@ def test_serve_with_no_broker_url_embeds_a_server_that_keeps_jobs_across_restart
         ([], {"PROGRESS_PORT": "eighty"}, "PROGRESS_PORT must be a number"),
         (["--pipelines", "/nonexistent/pipelines.toml"], {}, "cannot be read"),
         (["--max-connections", "0"], {}, "max_connections must be at least 1"),
+        (["--port", "abc"], {}, "argument --port: invalid int value: 'abc'"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     ],
 )
 def test_serve_bad_configuration_exits_2_with_one_line_reason(
