@@ -10,6 +10,7 @@ from app.auth import require_any_reader
 from app.metrics import REGISTRY
 from app.responses import json_response
 from pubsub.broker import Broker
+from pubsub.errors import BrokerUnavailable
 
 
 async def healthz(request: Request) -> Response:
@@ -18,10 +19,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """`GET /readyz` → 200 only while the broker answers (503 + Retry-After otherwise)."""
+    """`GET /readyz` → 200 only while the broker answers and this hub's subscription feed
+    is up, so that it can deliver what is published (503 + Retry-After otherwise)."""
     require_any_reader(request)
     broker: Broker = request.state.broker
     await broker.ping()
+    if not broker.feed_up:
+        raise BrokerUnavailable("this hub's subscription feed is reconnecting")
     return json_response({"status": "ready"})
 
 

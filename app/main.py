@@ -28,7 +28,7 @@ from app.openapi import openapi_schema
 from app.settings import Settings
 from app.shutdown import ShutdownNotice
 from app.state import HubState
-from pubsub.broker import open_broker
+from pubsub.broker import Broker, open_broker
 from pubsub.errors import BrokerUnavailable
 from pubsub.pipelines import PipelineRegistry, load_pipelines
 from pubsub.store import JobStore
@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 STALL_SWEEP_MAX_INTERVAL: Final = 5.0
+FEED_STARTUP_WAIT: Final = 3.0
+FEED_STARTUP_POLL: Final = 0.01
 
 
 def _routes() -> list[BaseRoute]:
@@ -93,6 +95,15 @@ async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
             log.debug("stall_sweep_skipped")
 
 
+async def _feed_started(broker: Broker) -> None:
+    """Serve once the subscription feed is up, so that a hub that answers is ready
+    (`/readyz`); but not later than FEED_STARTUP_WAIT: with Redis down at start, the hub
+    serves anyway, says 503 where it must, and the feed connects when Redis is back."""
+    with anyio.move_on_after(FEED_STARTUP_WAIT):
+        while not broker.feed_up:
+            await anyio.sleep(FEED_STARTUP_POLL)
+
+
 def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) -> Starlette:
     """The hub for `settings` (its broker URL must be set: see `app.embedded`).
 
@@ -115,6 +126,7 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
             async with anyio.create_task_group() as tg:
                 tg.start_soon(fanout.run)
                 tg.start_soon(_sweep_stalls, store, settings.stall_after)
+                await _feed_started(broker)
                 _log_start(settings, broker_url)
                 yield {"settings": settings, "broker": broker, "store": store, "fanout": fanout}
                 tg.cancel_scope.cancel()

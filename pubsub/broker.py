@@ -53,6 +53,11 @@ class Broker(Protocol):
     from the feed in an earlier epoch may be stale: events published while it was down
     never arrived."""
 
+    @property
+    def feed_up(self) -> bool:
+        """True while the subscription feed is connected (`listen` is delivering)."""
+        ...
+
     async def load(self, job_id: str) -> bytes | None:
         """The stored record of a job, or None."""
         ...

@@ -30,6 +30,10 @@ class MemoryBroker:
 
     feed_epoch = 0  # its feed is a function call: never lost
 
+    @property
+    def feed_up(self) -> bool:
+        return self._on_message is not None
+
     def __init__(self) -> None:
         self._jobs: dict[str, _Job] = {}
         self._subscribed: set[str | None] = set()

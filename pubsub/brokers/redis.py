@@ -199,6 +199,10 @@ class RedisBroker:
         self._commits = _TickBatcher(self._send_commits)
         self._reads = _TickBatcher(self._send_reads)
 
+    @property
+    def feed_up(self) -> bool:
+        return self._pubsub is not None
+
     async def load(self, job_id: str) -> bytes | None:
         return cast(bytes | None, await self._reads.call((job_key(job_id), "record")))
 
@@ -366,13 +370,15 @@ class RedisBroker:
                 if not reconnecting:
                     log.warning("broker_subscription_lost", error=type(exc).__name__)
                 reconnecting = True
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
             finally:
+                # At once, before any wait: from here the feed is down (`feed_up`), and
+                # what was learnt from it may be stale (`feed_epoch`).
                 self._pubsub = None
                 self.feed_epoch += 1
                 with anyio.CancelScope(shield=True):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
 
     async def subscribe(self, job_id: str | None) -> None:
         async with self._subscribe_lock:

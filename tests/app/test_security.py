@@ -12,6 +12,7 @@ import structlog
 
 from app.cli import main as cli_main
 from pubsub.tokens import issue_token, verify_token
+from tests.conditions import eventually
 from tests.conftest import HubFactory
 from tests.hub import spawn_hub
 from tests.streams import RawStream
@@ -130,6 +131,12 @@ async def test_every_read_but_healthz_needs_a_token(start_hub: HubFactory) -> No
         for path in [*READS, "/api/jobs/r1/events", "/api/events"]:
             _assert_json_error(await http.get(path), 403)
         star = {"Authorization": f"Bearer {_token(['*'])}"}
+
+        async def ready() -> httpx.Response:
+            return await http.get("/readyz", headers=star)
+
+        # Ready once the hub's subscription feed is up (it connects in the background).
+        await eventually(ready, lambda r: r.status_code == 200, 5, "the hub became ready")
         for path in READS:
             response = await http.get(path, headers=star)
             assert response.status_code in (200, 204), (path, response.text)

@@ -130,11 +130,13 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
     async def on_reconnect() -> None:
         return None
 
+    assert not broker.feed_up  # nothing listens yet: a hub must not say it is ready
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(broker.listen, on_message, on_reconnect)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "watched")
+                assert broker.feed_up
                 await store.publish("ignored", Update(progress=1))
                 await store.publish("watched", Update(progress=2))
                 await broker.unsubscribe("watched")
@@ -142,6 +144,7 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
                 await store.publish("ignored", Update(progress=3))
                 await got_two.wait()
             tg.cancel_scope.cancel()
+        assert not broker.feed_up
     finally:
         await broker.aclose()
     assert received == [("watched", 1, False), ("ignored", 2, True)]

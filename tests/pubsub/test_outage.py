@@ -201,8 +201,15 @@ async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
                 await admin.client_pause(1500)
             finally:
                 await admin.aclose()
+
+            async def feed_up() -> bool:
+                return broker.feed_up
+
+            # Given up (so /readyz says 503 and cached state is not trusted) ...
+            await eventually(feed_up, lambda up: not up, 5, "the quiet feed given up")
             with anyio.fail_after(10):
-                await reconnected.wait()  # the quiet feed was given up and replaced
+                await reconnected.wait()  # ... then replaced
+            assert broker.feed_up
             admin = redis.Redis.from_url(server.url)
             try:
                 await admin.publish(redis_broker.channel("quiet"), b"after")
