@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from app import health, jobs, polling, sse
 from app.errors import EXCEPTION_HANDLERS
@@ -95,6 +96,15 @@ async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
             log.debug("stall_sweep_skipped")
 
 
+class _Hub(Starlette):
+    """Starlette with the edge headers outside its server-error layer, which Starlette
+    puts outside all user middleware: a 500 gets the request id and the security headers
+    like every other answer, and the log line of the error carries the request id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EdgeHeadersMiddleware(super().build_middleware_stack())
+
+
 async def _feed_started(broker: Broker) -> None:
     """Serve once the subscription feed is up, so that a hub that answers is ready
     (`/readyz`); but not later than FEED_STARTUP_WAIT: with Redis down at start, the hub
@@ -137,7 +147,7 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
                 await broker.aclose()
             log.info("hub_stopped")
 
-    return Starlette(
+    return _Hub(
         routes=_routes(),
         middleware=_middleware(settings),
         exception_handlers=dict(EXCEPTION_HANDLERS),
@@ -146,8 +156,8 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
 
 
 def _middleware(settings: Settings) -> list[Middleware]:
-    """Outermost first: every answer, refusals included, gets an id, headers and CORS."""
-    middleware = [Middleware(EdgeHeadersMiddleware)]
+    """Outermost first, inside the edge headers (`_Hub`): CORS, admission, the hot lane."""
+    middleware: list[Middleware] = []
     if settings.cors_origins:
         middleware.append(
             Middleware(

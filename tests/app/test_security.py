@@ -9,7 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 import structlog
+from starlette.requests import Request
+from starlette.responses import Response
 
+from app import polling
 from app.cli import main as cli_main
 from pubsub.tokens import issue_token, verify_token
 from tests.conditions import eventually
@@ -262,6 +265,24 @@ async def test_security_headers_on_every_answer(start_hub: HubFactory, path: str
     assert "default-src 'self'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
+
+
+async def test_an_unexpected_error_is_a_json_500_with_the_edge_headers(
+    start_hub: HubFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug stands in for every bug: the route table takes the handler when the app is made.
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(polling, "list_jobs", broken)
+    hub = start_hub()
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        response = await http.get("/api/jobs", headers={"X-Request-ID": "trace-500"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "The hub hit an unexpected error."}
+    assert response.headers["x-request-id"] == "trace-500"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
 
 
 async def test_request_id_is_echoed_or_made(start_hub: HubFactory) -> None:
