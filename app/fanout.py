@@ -44,11 +44,15 @@ class DirectWriter(Protocol):
     """A stream that can take a frame from the fan-out's own context (`app.sse.HubStream`)."""
 
     @property
+    def can_write(self) -> bool:
+        """True when `write_now` may be called: streaming, and no write waiting."""
+
+    @property
     def busy(self) -> bool:
         """True while a write waits for the client (its task must finish it)."""
 
-    def write_now(self, frame: bytes) -> bool:
-        """Start writing `frame` here and now; False if a write is already waiting."""
+    def write_now(self, frame: bytes) -> None:
+        """Start writing `frame` here and now (only when `can_write`)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -104,14 +108,11 @@ class Subscriber:
         else leave it to that task."""
         self._flush_due = False
         writer, waiter = self.writer, self._wakeup
-        if not self._frames or writer is None or waiter is None or waiter.done():
+        if not self._frames or writer is None or not writer.can_write or not self._parked():
             self._wake()
             return
-        queued, self._frames = self._frames, []
-        if not writer.write_now(b"".join(frame for _, _, frame in queued)):
-            self._frames = queued + self._frames
-            self._wake()
-        elif writer.busy:
+        writer.write_now(self._take_all())
+        if writer.busy and waiter is not None:
             # The client could not take it all: the stream's task finishes the write.
             self._nudged = True
             waiter.set_result(None)
@@ -153,6 +154,10 @@ class Subscriber:
                 await waiter
             finally:
                 self._wakeup = None
+        return self._take_all()
+
+    def _take_all(self) -> bytes:
+        """Every queued frame, as one write; the mailbox is then empty."""
         batch = b"".join(frame for _, _, frame in self._frames)
         self._frames.clear()
         return batch

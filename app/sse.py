@@ -116,35 +116,38 @@ class HubStream(EventSourceResponse):
                 self._cut.cancel()
 
     @property
+    def can_write(self) -> bool:
+        """True while the body streams and no write started by `write_now` waits."""
+        return self._send is not None and self._in_flight is None
+
+    @property
     def busy(self) -> bool:
         """True while a write started by `write_now` waits for the client."""
         return self._in_flight is not None
 
-    def write_now(self, frame: bytes) -> bool:
+    def write_now(self, frame: bytes) -> None:
         """Write `frame` from the caller's context (the fan-out), without a task switch.
 
         The ASGI `send` coroutine is stepped here: when the socket takes the frame (the
         usual case) it finishes in that one step. When it has to wait for the client
         (flow control), it is kept in flight and the stream's own task finishes it; until
-        then this returns False and frames queue. Python 3.12's eager tasks do the same.
+        then `can_write` is False and frames queue. Python 3.12's eager tasks do the same.
         It relies on no layer's `send` entering a cancel scope or anything else bound to
         the task it started in (none of this app's middleware does).
         """
         send = self._send
-        if send is None or self._in_flight is not None:
-            return False
+        assert send is not None and self._in_flight is None, "write_now without can_write"
         message: Message = {"type": "http.response.body", "body": frame, "more_body": True}
         write = cast(Coroutine[Any, Any, None], send(message))
         try:
             waiting_on = write.send(None)
         except StopIteration:
-            return True
+            return
         except BaseException as exc:  # raised again by the stream's task
             self._in_flight = _InFlight(write, None, exc)
-            return True
+            return
         self._in_flight = _InFlight(write, waiting_on, None)
         self._sending_since = time.monotonic()
-        return True
 
     async def _finish_in_flight(self) -> None:
         in_flight = self._in_flight

@@ -98,8 +98,8 @@ class _TickBatcher(Generic[T]):
     by then every concurrent caller (publishers, HTTP requests, polls) has joined the
     batch. It sends the whole batch with `send` and hands each caller its own reply, or
     the round trip's failure. A task, not the first caller, so that a caller cancelled
-    meanwhile takes nobody's reply with it. redis-py's per-command cost (pool checkout,
-    timeouts, retry wrapper) is then paid once per batch (issue 6: polling, publish).
+    meanwhile takes nobody's reply with it. The pool checkout and the socket write are
+    then paid once per batch (issue 6: polling, publish).
     """
 
     def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]]) -> None:
@@ -245,11 +245,11 @@ class RedisBroker:
         if not job_ids:
             return []
         async with _translated_outage():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for job_id in job_ids:
-                    pipe.hget(job_key(job_id), "record")
-                records = cast(list[bytes | None], await pipe.execute())
-        return records
+            records = await self._send_reads([(job_key(job_id), "record") for job_id in job_ids])
+        for record in records:
+            if isinstance(record, Exception):
+                raise record
+        return cast(list[bytes | None], records)
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
         # Each commit of a batch is still its own atomic compare-and-set script.
