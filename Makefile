@@ -4,13 +4,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test lint typecheck bench clean FORCE
 
-$(STAMP): pyproject.toml
+# The editable install is setuptools' "strict" mode: a tree of links under build/ that maps
+# app/ to `progress_hub` and static/ to `progress_hub/static`, as the wheel installs them,
+# and that mypy can follow. It lists files, so a module added or removed reinstalls
+# (MODULES changes whenever the set of files does).
+MODULES := $(VENV)/.modules
+SOURCES := $(sort $(wildcard app/*.py pubsub/*.py pubsub/*/*.py pubsub/lua/*.lua static/*))
+
+$(STAMP): pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
+
+$(MODULES): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(SOURCES)' | cmp -s - $@ || echo '$(SOURCES)' > $@
+
+FORCE:
 
 install: $(STAMP)
 
@@ -32,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .progress-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .progress-data .pytest_cache .mypy_cache .ruff_cache

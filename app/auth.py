@@ -9,7 +9,7 @@ from typing import Final
 
 from starlette.requests import Request
 
-from app.settings import Settings
+from progress_hub.settings import Settings
 from pubsub.errors import AccessDenied
 from pubsub.tokens import TokenClaims, verify_token
 

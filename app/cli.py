@@ -15,12 +15,12 @@ import structlog
 import uvicorn
 from sse_starlette.sse import AppStatus
 
-from app import watch
-from app.embedded import EmbeddedServer, NoServerBinary
-from app.logs import configure_logging
-from app.main import create_app
-from app.settings import Settings
-from app.shutdown import HubServer, ShutdownNotice
+from progress_hub import watch
+from progress_hub.embedded import EmbeddedServer, NoServerBinary
+from progress_hub.logs import configure_logging
+from progress_hub.main import create_app
+from progress_hub.settings import Settings
+from progress_hub.shutdown import HubServer, ShutdownNotice
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,7 @@ def serve(args: argparse.Namespace) -> int:
             # The pipe on stdin closes when this process ends, however it ends: the
             # demo stops with it (uvicorn re-raises SIGTERM, skipping the finally below).
             demo = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "demo", "--stop-with-stdin", *demo_args],
+                [sys.executable, "-m", "progress_hub.cli", "demo", "--stop-with-stdin", *demo_args],
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.PIPE,
             )
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return token(args)
     if args.command == "demo":
-        from app.demo import main as demo_main
+        from progress_hub.demo import main as demo_main
 
         demo_args = ["--broker-url", args.broker_url] if args.broker_url else []
         for flag in ("speed", "rounds"):

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
-from app.logs import configure_logging
+from progress_hub.logs import configure_logging
 from pubsub.broker import open_broker
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import ACTIVE_STATUSES, JobStatus, Update

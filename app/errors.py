@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
-from app.responses import json_response
+from progress_hub.responses import json_response
 from pubsub.errors import (
     AccessDenied,
     BrokerUnavailable,

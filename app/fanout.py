@@ -20,7 +20,7 @@ import msgspec
 import structlog
 from sse_starlette import EventSourceResponse
 
-from app import frames, metrics
+from progress_hub import frames, metrics
 from pubsub.broker import Broker
 from pubsub.errors import BrokerUnavailable, JobNotFound
 from pubsub.events import ENCODER, ENVELOPE_DECODER, EventKind, Snapshot

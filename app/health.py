@@ -6,9 +6,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth import require_any_reader
-from app.metrics import REGISTRY
-from app.responses import json_response
+from progress_hub.auth import require_any_reader
+from progress_hub.metrics import REGISTRY
+from progress_hub.responses import json_response
 from pubsub.broker import Broker
 from pubsub.errors import BrokerUnavailable
 

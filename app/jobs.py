@@ -9,11 +9,11 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import metrics
-from app.auth import require_any_reader, require_publisher, require_reader
-from app.body import check_body_size, decode_body, read_body
-from app.fanout import Fanout
-from app.responses import json_response
+from progress_hub import metrics
+from progress_hub.auth import require_any_reader, require_publisher, require_reader
+from progress_hub.body import check_body_size, decode_body, read_body
+from progress_hub.fanout import Fanout
+from progress_hub.responses import json_response
 from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
 from pubsub.tokens import issue_token

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import polling, sse
-from app.errors import error_response
+from progress_hub import polling, sse
+from progress_hub.errors import error_response
 from pubsub.errors import ProgressError
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -15,9 +15,9 @@ from typing import Final
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import error_response
-from app.responses import json_response
-from app.sse import turn_away
+from progress_hub.errors import error_response
+from progress_hub.responses import json_response
+from progress_hub.sse import turn_away
 from pubsub.errors import Overloaded
 
 log = structlog.get_logger(__name__)

@@ -19,16 +19,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from app import health, jobs, polling, sse
-from app.errors import EXCEPTION_HANDLERS
-from app.fanout import Fanout
-from app.headers import EdgeHeadersMiddleware, JSONErrorCORSMiddleware
-from app.lane import HotLaneMiddleware
-from app.limits import AdmissionMiddleware
-from app.openapi import openapi_schema
-from app.settings import Settings
-from app.shutdown import ShutdownNotice
-from app.state import HubState
+from progress_hub import health, jobs, polling, sse
+from progress_hub.errors import EXCEPTION_HANDLERS
+from progress_hub.fanout import Fanout
+from progress_hub.headers import EdgeHeadersMiddleware, JSONErrorCORSMiddleware
+from progress_hub.lane import HotLaneMiddleware
+from progress_hub.limits import AdmissionMiddleware
+from progress_hub.openapi import openapi_schema
+from progress_hub.settings import Settings
+from progress_hub.shutdown import ShutdownNotice
+from progress_hub.state import HubState
 from pubsub.broker import Broker, open_broker
 from pubsub.errors import BrokerUnavailable
 from pubsub.pipelines import PipelineRegistry, load_pipelines
@@ -36,7 +36,8 @@ from pubsub.store import JobStore
 
 log = structlog.get_logger(__name__)
 
-STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
+# Installed as `progress_hub/static` (pyproject.toml maps the repository's `static/` there).
+STATIC_DIR: Final = Path(__file__).parent / "static"
 STALL_SWEEP_MAX_INTERVAL: Final = 5.0
 FEED_STARTUP_WAIT: Final = 3.0
 FEED_STARTUP_POLL: Final = 0.01
@@ -76,7 +77,9 @@ def _dashboard() -> list[BaseRoute]:
     # a missing directory answers every unmatched path, OPTIONS included, with a 500.
     if not STATIC_DIR.is_dir():
         return []
-    return [Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")]
+    # follow_symlink: the editable install (Makefile) serves static/ through a tree of links.
+    files = StaticFiles(directory=STATIC_DIR, html=True, follow_symlink=True)
+    return [Mount("/", files, name="static")]
 
 
 async def _no_such_endpoint(request: Request) -> Response:

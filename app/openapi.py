@@ -13,13 +13,13 @@ from typing import Final
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth import require_any_reader
-from app.body import MAX_BODY_BYTES
-from app.components import Schema, components, ref
-from app.limits import MAX_HEADER_BYTES
-from app.polling import CLIENT_RE, MAX_LIST_LIMIT, MAX_MILESTONES
-from app.responses import json_response
-from app.sse import MAX_FILTER_JOBS
+from progress_hub.auth import require_any_reader
+from progress_hub.body import MAX_BODY_BYTES
+from progress_hub.components import Schema, components, ref
+from progress_hub.limits import MAX_HEADER_BYTES
+from progress_hub.polling import CLIENT_RE, MAX_LIST_LIMIT, MAX_MILESTONES
+from progress_hub.responses import json_response
+from progress_hub.sse import MAX_FILTER_JOBS
 from pubsub.events import JOB_ID_PATTERN
 
 VERSION: Final = "0.1.0"

@@ -8,10 +8,10 @@ from typing import Final
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from app.auth import require_reader
-from app.body import whole_number
-from app.jobs import path_job_id
-from app.responses import json_response
+from progress_hub.auth import require_reader
+from progress_hub.body import whole_number
+from progress_hub.jobs import path_job_id
+from progress_hub.responses import json_response
 from pubsub.errors import InvalidUpdate, JobNotFound
 from pubsub.events import ENCODER, JobStatus, Snapshot
 from pubsub.store import JobStore

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from app import frames, metrics
-from app.auth import require_reader
-from app.body import whole_number
-from app.fanout import DRAIN_RETRY_MS, Fanout, SendWatchdog
-from app.jobs import path_job_id
-from app.settings import Settings
+from progress_hub import frames, metrics
+from progress_hub.auth import require_reader
+from progress_hub.body import whole_number
+from progress_hub.fanout import DRAIN_RETRY_MS, Fanout, SendWatchdog
+from progress_hub.jobs import path_job_id
+from progress_hub.settings import Settings
 from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobNotFound
 from pubsub.events import ENCODER, Snapshot
 from pubsub.store import JobStore

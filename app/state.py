@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from app.fanout import Fanout
-from app.settings import Settings
+from progress_hub.fanout import Fanout
+from progress_hub.settings import Settings
 from pubsub.broker import Broker
 from pubsub.store import JobStore
 

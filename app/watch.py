@@ -14,7 +14,7 @@ import httpx
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from app.follow import (
+from progress_hub.follow import (
     EXIT_FAILED,
     EXIT_UNKNOWN,
     POLL_INTERVAL,
@@ -23,7 +23,7 @@ from app.follow import (
     WatchStopped,
     nothing_active,
 )
-from app.watch_view import job_line, render_job, render_jobs
+from progress_hub.watch_view import job_line, render_job, render_jobs
 from pubsub import JobStatus, Snapshot
 
 EXIT_COMPLETED: Final = 0

@@ -230,7 +230,7 @@ async def run(args: argparse.Namespace) -> Report:
     console.log(f"fd limit {raise_fd_limit()}, server logs in {log_dir}")
     built = hub_available()
     if not built:
-        console.log("[yellow]app.main is not importable: hub scenarios are skipped[/]")
+        console.log("[yellow]progress_hub.main is not importable: hub scenarios are skipped[/]")
     async with redis_server() as redis_url:
         profile_dir = None
         if args.profile:

@@ -18,20 +18,20 @@ from typing import Any, Protocol
 
 import redis.asyncio as redis
 
-from app.embedded import free_port
 from bench.baseline_app import job_channel, job_key
 from bench.http import HttpConnection
 from bench.procs import Server, python, server_process
 from bench.sse import bench_message
+from progress_hub.embedded import free_port
 
 HEARTBEAT = 2.0  # seconds; short so the idle-memory figure includes live heartbeats
 MAX_CONNECTIONS = 30_000
 
 
 def hub_available() -> bool:
-    """True once the hub (app.main) is importable in this environment."""
+    """True once the hub (progress_hub.main) is importable in this environment."""
     try:
-        return importlib.util.find_spec("app.main") is not None
+        return importlib.util.find_spec("progress_hub.main") is not None
     except ModuleNotFoundError:
         return False
 
@@ -111,7 +111,7 @@ class HubTarget:
         """`progress-hub serve` on a free port, sharing the bench's Redis."""
         port = free_port()
         script = Path(python()).parent / "progress-hub"
-        launcher = [str(script)] if script.exists() else [python(), "-m", "app.cli"]
+        launcher = [str(script)] if script.exists() else [python(), "-m", "progress_hub.cli"]
         cmd = [
             *launcher,
             "serve",

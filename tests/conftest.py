@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from app.embedded import EmbeddedServer
-from app.settings import Settings
+from progress_hub.embedded import EmbeddedServer
+from progress_hub.settings import Settings
 from pubsub.broker import open_broker
 from pubsub.store import JobStore
 from tests.hub import ThreadHub, run_hub

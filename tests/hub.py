@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from app.embedded import free_port, stop_process
-from app.main import create_app
-from app.settings import Settings
+from progress_hub.embedded import free_port, stop_process
+from progress_hub.main import create_app
+from progress_hub.settings import Settings
 
 START_TIMEOUT = 15.0
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> It
     port = free_port()
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(port), *args],
         env={**os.environ, **env},
         cwd=REPO,
         stdout=output or subprocess.DEVNULL,

@@ -50,7 +50,7 @@ def test_serve_bad_configuration_exits_2_with_one_line_reason(
     args: list[str], env: dict[str, str], reason: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", *args],
+        [sys.executable, "-m", "progress_hub.cli", "serve", *args],
         env={**_env_without_progress_settings(), **env},
         cwd=REPO,
         capture_output=True,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app import demo
+from progress_hub import demo
 from pubsub.broker import open_broker
 from pubsub.events import JobStatus, Snapshot
 from pubsub.store import JobStore
@@ -36,7 +36,7 @@ def _by_scenario(jobs: list[Snapshot]) -> dict[str, Snapshot]:
 
 async def test_demo_round_reaches_every_end_state(redis_url: str, reader: JobStore) -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "app.cli", "demo", "--broker-url", redis_url]
+        [sys.executable, "-m", "progress_hub.cli", "demo", "--broker-url", redis_url]
         + ["--speed", "40", "--rounds", "1"],
         cwd=REPO,
         capture_output=True,

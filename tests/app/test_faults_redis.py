@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from app.embedded import EmbeddedServer
+from progress_hub.embedded import EmbeddedServer
 from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric

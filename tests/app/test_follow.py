@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app import follow
+from progress_hub import follow
 from tests.conftest import HubFactory
 from tests.hub import wait_until
 

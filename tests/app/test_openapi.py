@@ -27,10 +27,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from app.embedded import EmbeddedServer
-from app.main import create_app
-from app.openapi import build_schema
-from app.settings import Settings
+from progress_hub.embedded import EmbeddedServer
+from progress_hub.main import create_app
+from progress_hub.openapi import build_schema
+from progress_hub.settings import Settings
 from tests.hub import ThreadHub, run_hub
 
 MAX_EXAMPLES = 25

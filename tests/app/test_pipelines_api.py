@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.embedded import free_port
+from progress_hub.embedded import free_port
 from tests.conftest import HubFactory
 from tests.hub import REPO
 
@@ -120,7 +120,7 @@ def test_serve_with_a_bad_pipelines_file_exits_2_with_one_line(
     env = {**os.environ, "PROGRESS_PIPELINES": str(path), "PROGRESS_BROKER_URL": "memory://"}
 
     finished = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(free_port())],
         env=env,
         cwd=REPO,
         capture_output=True,

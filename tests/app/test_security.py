@@ -12,8 +12,8 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import polling
-from app.cli import main as cli_main
+from progress_hub import polling
+from progress_hub.cli import main as cli_main
 from pubsub.tokens import issue_token, verify_token
 from tests.conditions import eventually
 from tests.conftest import HubFactory

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.main import STATIC_DIR
+from progress_hub.main import STATIC_DIR
 from tests.browser.conftest import CHROMIUM, LAUNCH_ARGS
 from tests.conftest import HubFactory
 

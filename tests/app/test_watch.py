@@ -13,7 +13,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from app import watch
+from progress_hub import watch
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub, wait_until
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 import redis.asyncio as redis
 
-from app.embedded import EmbeddedServer
+from progress_hub.embedded import EmbeddedServer
 from pubsub.broker import open_broker
 from pubsub.brokers import redis as redis_broker
 from pubsub.brokers.redis import RedisBroker
