@@ -11,7 +11,7 @@
  */
 import { JobList } from './job-list.js';
 import { JobView } from './job-view.js';
-import { buildUrl, watchAll } from './progress-client.js';
+import { watchAll } from './progress-client.js';
 
 const LIST_LIMIT = 500;
 const TOKEN_KEY = 'progress-hub:token';
@@ -84,22 +84,6 @@ function start() {
     indicator.querySelector('.connection-label').textContent = MODE_LABELS[mode] || mode;
   }
 
-  /**
-   * Load recent jobs, finished ones included: the stream only sends snapshots
-   * of live jobs on (re)connect, so a job that ended while we were away would
-   * otherwise keep its stale row.
-   */
-  async function loadRecent() {
-    try {
-      const response = await fetch(buildUrl('', '/api/jobs', { limit: LIST_LIMIT, token }), { cache: 'no-store' });
-      if (!response.ok) return;
-      const { jobs } = await response.json();
-      for (const job of jobs || []) list.upsert(job);
-    } catch {
-      // The stream or its polling fallback fills the list as soon as the hub answers.
-    }
-  }
-
   const withToken = (path) => `#${path}${token ? `?token=${encodeURIComponent(token)}` : ''}`;
 
   function showRoute() {
@@ -168,9 +152,11 @@ function start() {
         : 'This hub needs a subscriber token: open the page as …/#token=YOUR_TOKEN.';
       notice.hidden = false;
     },
+    // No list read of our own: watchAll reads the list whenever its stream (re)opens
+    // and until the stream delivers, and drops the jobs deleted meanwhile, so rows
+    // converge after a hub restart (tests/browser/test_dashboard_restart.py).
     onModeChange: (mode) => {
       allMode = mode;
-      if (mode === 'live') loadRecent();
       showMode();
     },
   });

@@ -22,6 +22,9 @@ export { backoffDelay };
 /** Statuses after which a job accepts no further updates (API.md §1). */
 export const TERMINAL_STATUSES = Object.freeze(['completed', 'failed', 'cancelled']);
 
+/** Deletions `watchAll` remembers so that a list read older than them cannot revive a job. */
+const MAX_REMEMBERED_DELETIONS = 1000;
+
 /** Default tuning; every key can be overridden per call. */
 export const DEFAULTS = Object.freeze({
   baseUrl: '',
@@ -234,6 +237,14 @@ export function watchJob(jobId, options = {}) {
       end: () => connection.pollNow(),
     },
     poll,
+    // After a reconnect the browser resumes with Last-Event-ID and the hub sends only
+    // what we missed, possibly nothing; one read (a 304 when current) settles it, and
+    // also catches a job deleted and created again meanwhile, whose seqs start over.
+    catchUp: async () => {
+      const before = [lastSeq, createdAt];
+      const going = await poll();
+      return going && (lastSeq !== before[0] || createdAt !== before[1]);
+    },
     setMode,
   });
 
@@ -271,7 +282,9 @@ export function watchAll(options = {}) {
   const { opts, env } = resolve(options);
   const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
   const limit = opts.limit || 500;
-  const known = new Map(); // job_id → {seq, createdAt}
+  const known = new Map(); // job_id → {seq, createdAt, stamp}
+  let stamps = 0; // counts accepted updates: tells what a list read may predate
+  const deleted = new Map(); // job_id → {createdAt, stamp}: deletions a list read may predate
   let mode = 'connecting';
   let closed = false;
 
@@ -286,19 +299,27 @@ export function watchAll(options = {}) {
     if (!next || (only && !only.has(next.job_id))) return;
     const seen = known.get(next.job_id);
     if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt) return;
-    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at });
+    stamps += 1;
+    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at, stamp: stamps });
     connection.noteChange();
     notify(opts.onUpdate, next, source);
   }
 
   function remove(gone) {
-    if (!gone || !known.delete(gone.job_id)) return;
+    const seen = gone && known.get(gone.job_id);
+    if (!seen) return;
+    known.delete(gone.job_id);
+    stamps += 1;
+    deleted.delete(gone.job_id);
+    deleted.set(gone.job_id, { createdAt: seen.createdAt, stamp: stamps });
+    if (deleted.size > MAX_REMEMBERED_DELETIONS) deleted.delete(deleted.keys().next().value);
     connection.noteChange();
     notify(opts.onDelete, gone);
   }
 
   async function poll() {
     const url = buildUrl(opts.baseUrl, '/api/jobs', { limit, token: opts.token });
+    const issuedAt = stamps;
     const response = await env.fetch(url, { cache: 'no-store' });
     if (response.status === 401 || response.status === 403) {
       connection.stop();
@@ -313,13 +334,17 @@ export function watchAll(options = {}) {
     const listed = new Set();
     for (const job of jobs) {
       listed.add(job.job_id);
+      const gone = deleted.get(job.job_id);
+      if (gone && gone.stamp > issuedAt && gone.createdAt === job.created_at) continue; // deleted since
       accept(job, 'poll');
     }
+    for (const [jobId, gone] of [...deleted]) if (gone.stamp <= issuedAt) deleted.delete(jobId);
     // A short page is the whole set, so a job missing from it is gone; a full
-    // page may just have pushed old jobs out, so we cannot tell.
+    // page may just have pushed old jobs out, so we cannot tell. A job the stream
+    // brought while the list was on its way is newer than the list, not gone.
     if (jobs.length < limit) {
-      for (const jobId of [...known.keys()]) {
-        if (!listed.has(jobId)) remove({ job_id: jobId, seq: known.get(jobId).seq });
+      for (const [jobId, seen] of [...known]) {
+        if (!listed.has(jobId) && seen.stamp <= issuedAt) remove({ job_id: jobId, seq: seen.seq });
       }
     }
     return true;
@@ -335,6 +360,10 @@ export function watchAll(options = {}) {
       deleted: (data) => remove(parseSnapshot(data)),
     },
     poll,
+    // The stream opens with a snapshot of every listed job, so while we know of jobs
+    // and it has sent none since (re)opening, it still owes us the state. Each read
+    // also drops the jobs deleted while we were away, which no event will tell.
+    catchUp: async () => (await poll()) && known.size > 0,
     setMode,
     liveOnOpen: true,
   });

@@ -9,6 +9,7 @@
  * @module progress-connection
  */
 
+const EVENT_SOURCE_OPEN = 1;
 const EVENT_SOURCE_CLOSED = 2;
 
 /**
@@ -32,10 +33,13 @@ export function backoffDelay(failures, baseMs, maxMs, random = Math.random) {
  * @param {Record<string, (data: string) => void>} spec.listeners SSE event type → handler
  * @param {() => Promise<boolean>} spec.poll one poll; resolves false to stop, rejects on a transient failure
  * @param {(mode: string) => void} spec.setMode
+ * @param {() => Promise<boolean>} spec.catchUp one read of the current state while the
+ *   stream owes us one; resolves true when the stream should still bring something
+ *   (read again after a poll interval unless it does), rejects on a transient failure
  * @param {boolean} [spec.liveOnOpen] the stream may stay silent after opening
  *   (the multiplexed stream of a hub with no jobs), so opening proves it works
  */
-export function createConnection({ env, opts, streamUrl, listeners, poll, setMode, liveOnOpen = false }) {
+export function createConnection({ env, opts, streamUrl, listeners, poll, catchUp, setMode, liveOnOpen = false }) {
   let stream = null;
   let streamHasData = false; // the current EventSource delivered at least one event
   let errorTimes = [];
@@ -47,6 +51,13 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, setMod
   let probeFailures = 0;
   let paused = false;
   let stopped = false;
+  // Set from a drop or a (re)open until the stream delivers an event: meanwhile the
+  // state is read every poll interval (see catchUpNow).
+  let catchingUp = false;
+  let catchUpTimer = null;
+  let catchUpRunning = false;
+  let catchUpRerun = false;
+  let catchUpFailures = 0;
   let lastChangeAt = env.now();
 
   const clear = (timer) => timer !== null && env.clearTimeout(timer);
@@ -62,6 +73,7 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, setMod
     for (const [type, handler] of Object.entries(listeners)) {
       source.addEventListener(type, (event) => {
         if (source !== stream || stopped) return;
+        stopCatchingUp(); // events arrive in order: from here the stream is current
         streamWorks();
         handler(event.data);
       });
@@ -70,8 +82,19 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, setMod
     // nothing was missed, so a re-opened stream that worked before counts as live.
     source.addEventListener('open', () => {
       if (source !== stream || stopped) return;
+      const reopened = streamHasData;
       if (streamHasData) setMode('live');
       else if (liveOnOpen) streamWorks();
+      // `open` is the response's headers: the hub has not subscribed yet, nor sent what
+      // it opens with, and under load that can take long (or never come: a turned-away
+      // stream). So read the state now and until the stream delivers. A fresh job
+      // stream is exempt: it must open with a snapshot, which openTimeoutMs enforces.
+      if (reopened || liveOnOpen) {
+        catchingUp = true;
+        clear(catchUpTimer);
+        catchUpTimer = null;
+        catchUpNow();
+      }
     });
     source.addEventListener('error', () => streamFailed(source));
     // A buffering proxy opens the response but never passes an event through
@@ -83,6 +106,7 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, setMod
   }
 
   function dropStream() {
+    stopCatchingUp();
     clear(openTimer);
     openTimer = null;
     if (stream) stream.close();
@@ -119,6 +143,62 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, setMod
       return;
     }
     setMode('reconnecting'); // the browser reconnects by itself, sending Last-Event-ID
+    // Its retry delay is the hub's to choose (up to 15 s for a turned-away stream):
+    // meanwhile read the state every poll interval, so that we converge either way.
+    if (!catchingUp) {
+      catchingUp = true;
+      scheduleCatchUp(opts.pollIntervalMs);
+    }
+  }
+
+  function stopCatchingUp() {
+    catchingUp = false;
+    catchUpRerun = false;
+    clear(catchUpTimer);
+    catchUpTimer = null;
+  }
+
+  function scheduleCatchUp(delay) {
+    clear(catchUpTimer);
+    catchUpTimer = env.setTimeout(() => {
+      catchUpTimer = null;
+      catchUpNow();
+    }, delay);
+  }
+
+  /** One read while the stream owes us the state; again after a poll interval if it still does. */
+  async function catchUpNow() {
+    if (stopped || polling || !catchingUp || idleAndHidden()) return;
+    if (catchUpRunning) {
+      catchUpRerun = true; // a read started before this (re)open may predate it
+      return;
+    }
+    const source = stream;
+    let again = true;
+    let failed = false;
+    catchUpRunning = true;
+    try {
+      again = await catchUp();
+      catchUpFailures = 0;
+    } catch {
+      failed = true; // the hub is away too: the next read, or the stream, will tell
+      catchUpFailures += 1;
+    } finally {
+      catchUpRunning = false;
+    }
+    if (stopped || polling || !catchingUp || source !== stream) return;
+    if (catchUpRerun) {
+      catchUpRerun = false;
+      catchUpNow();
+      return;
+    }
+    const open = source !== null && source.readyState === EVENT_SOURCE_OPEN;
+    if (!again && !failed && open) {
+      catchingUp = false;
+      return;
+    }
+    const backoff = failed ? backoffDelay(catchUpFailures, opts.backoffBaseMs, opts.backoffMaxMs, env.random) : 0;
+    scheduleCatchUp(Math.max(opts.pollIntervalMs, backoff));
   }
 
   function fallBack() {

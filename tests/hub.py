@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from progress_hub.embedded import free_port, stop_process
 from progress_hub.main import create_app
@@ -51,14 +52,25 @@ class ThreadHub:
 
 
 @contextmanager
-def run_hub(settings: Settings, port: int = 0) -> Iterator[ThreadHub]:
-    """Serve `settings` on a free port (or `port`, to restart a hub in place) for the block."""
+def run_hub(
+    settings: Settings, port: int = 0, wrap: Callable[[ASGIApp], ASGIApp] | None = None
+) -> Iterator[ThreadHub]:
+    """Serve `settings` on a free port (or `port`, to restart a hub in place) for the block.
+
+    Args:
+        wrap: puts ASGI middleware of the test's around the app (to delay what a loaded
+            machine delays, say); it sees every request before the hub does.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
+    app: ASGIApp = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), log_level="warning", timeout_graceful_shutdown=1, lifespan="on"
+        wrap(app) if wrap is not None else app,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

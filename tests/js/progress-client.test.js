@@ -172,13 +172,15 @@ describe('watchJob reconnecting and falling back', () => {
       await clock.advance(1000);
     }
     assert.ok(es.closed);
-    assert.equal(fetch.calls.length, 1);
+    // One read while the browser was reconnecting (after pollIntervalMs), one on falling back.
+    assert.equal(fetch.calls.length, 2);
     assert.equal(seen.modes.at(-1), 'polling');
     assert.deepEqual(seen.updates.at(-1), [2, 'poll']);
   });
 
   test('errors spread wider than the window keep the stream', async () => {
-    const { seen, clock, fetch } = follow();
+    const server = jobServer(snap({ seq: 1 }));
+    const { seen, clock, fetch } = follow('job-1', { fetchHandler: server.handler });
     const es = FakeEventSource.latest();
     es.emit('snapshot', snap({ seq: 1 }));
     for (let i = 0; i < 5; i += 1) {
@@ -186,7 +188,9 @@ describe('watchJob reconnecting and falling back', () => {
       es.open();
       await clock.advance(DEFAULTS.errorWindowMs / 2);
     }
-    assert.equal(fetch.calls.length, 0);
+    assert.equal(FakeEventSource.instances.length, 1, 'never fell back');
+    // Each reopen reads the job once (a 304 once we have its seq), then trusts the stream.
+    assert.equal(fetch.calls.length, 5);
     assert.equal(seen.modes.at(-1), 'live');
   });
 
@@ -460,5 +464,119 @@ describe('watchAll', () => {
     assert.ok(es.closed);
     await settle();
     assert.equal(clock.timers.size, 0);
+  });
+});
+
+// After any reconnect the client converges on the latest state within one poll
+// interval or one stream reconnect, whichever comes first (docs/api.md §3).
+describe('converging after a reconnect', () => {
+  function followAll(fetchHandler) {
+    const fake = fakeEnv({ fetchHandler });
+    const seen = { updates: [], deletes: [] };
+    const handle = watchAll({
+      env: fake.env,
+      onUpdate: (s, source) => seen.updates.push([s.job_id, s.seq, source]),
+      onDelete: (s) => seen.deletes.push(s.job_id),
+    });
+    return { ...fake, seen, handle };
+  }
+
+  test('watchJob reads the job once a poll interval while the browser reconnects', async () => {
+    const server = jobServer(snap({ seq: 2 }));
+    const { seen, clock } = follow('job-1', { fetchHandler: server.handler });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 2 }));
+    es.fail(); // the hub restarts; its retry hint may be 15 s
+    server.job = snap({ seq: 4, status: 'completed', progress: 100 });
+    await clock.advance(DEFAULTS.pollIntervalMs - 1);
+    assert.deepEqual(seen.ends, []);
+    await clock.advance(1);
+    assert.deepEqual(seen.ends, [[4, 'completed']]);
+    assert.ok(es.closed);
+  });
+
+  test('watchJob reads the job when the stream reopens: a job created again at the same seq', async () => {
+    const server = jobServer(snap({ seq: 3 }));
+    const { seen, clock, fetch } = follow('job-1', { fetchHandler: server.handler });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 3 }));
+    es.fail();
+    // Deleted and created again while we were away: Last-Event-ID 3 is its current
+    // seq too, so the hub resumes the new job's stream with nothing to send.
+    server.job = snap({ seq: 3, created_at: 200, status: 'completed', progress: 100 });
+    es.open();
+    await clock.advance(0);
+    assert.deepEqual(seen.ends, [[3, 'completed']]);
+    assert.equal(fetch.calls.length, 1);
+  });
+
+  test('watchJob trusts a reopened stream once a read finds nothing new', async () => {
+    const server = jobServer(snap({ seq: 3 }));
+    const { clock, fetch } = follow('job-1', { fetchHandler: server.handler });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 3 }));
+    es.fail();
+    es.open();
+    await clock.advance(0);
+    assert.equal(fetch.calls.length, 1);
+    await clock.advance(DEFAULTS.pollIntervalMs * 10);
+    assert.equal(fetch.calls.length, 1, 'the 304 settled it');
+  });
+
+  test('watchAll reads the list on reopen and until the stream brings its opening', async () => {
+    let jobs = [snap({ job_id: 'a', seq: 1 })];
+    const { seen, clock, fetch } = followAll(() => ({ body: { jobs } }));
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 1 }));
+    await clock.advance(0);
+    const before = fetch.calls.length;
+    es.fail();
+    es.open(); // headers from the new hub; its opening snapshots are slow to come
+    await clock.advance(0);
+    assert.equal(fetch.calls.length, before + 1);
+    jobs = [snap({ job_id: 'a', seq: 5, status: 'completed', progress: 100 })];
+    await clock.advance(DEFAULTS.pollIntervalMs);
+    assert.deepEqual(seen.updates.at(-1), ['a', 5, 'poll']);
+    es.emit('snapshot', snap({ job_id: 'a', seq: 5, status: 'completed' }));
+    const settled = fetch.calls.length;
+    await clock.advance(DEFAULTS.pollIntervalMs * 10);
+    assert.equal(fetch.calls.length, settled, 'no reads once the stream delivers');
+  });
+
+  test('watchAll drops the jobs deleted while it was away', async () => {
+    let jobs = [snap({ job_id: 'a', seq: 1 }), snap({ job_id: 'b', seq: 1 })];
+    const { seen, clock } = followAll(() => ({ body: { jobs } }));
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 1 }));
+    es.emit('snapshot', snap({ job_id: 'b', seq: 1 }));
+    await clock.advance(0);
+    es.fail();
+    jobs = [snap({ job_id: 'a', seq: 1 })];
+    es.open();
+    await clock.advance(0);
+    assert.deepEqual(seen.deletes, ['b']);
+  });
+
+  test('watchAll: a list read older than the stream neither drops nor revives a job', async () => {
+    const answers = [];
+    const fake = fakeEnv();
+    fake.env.fetch = () => new Promise((resolve) => answers.push(resolve));
+    const seen = { updates: [], deletes: [] };
+    watchAll({
+      env: fake.env,
+      onUpdate: (s) => seen.updates.push([s.job_id, s.seq]),
+      onDelete: (s) => seen.deletes.push(s.job_id),
+    });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'old', seq: 1 }));
+    es.fail();
+    es.open(); // reads the list; the answer is slow
+    assert.equal(answers.length, 1);
+    es.emit('progress', snap({ job_id: 'new', seq: 1 })); // created after the read
+    es.emit('deleted', snap({ job_id: 'old', seq: 1 })); // deleted after the read
+    answers[0](new Response(JSON.stringify({ jobs: [snap({ job_id: 'old', seq: 1 })] })));
+    await settle();
+    assert.deepEqual(seen.updates, [['old', 1], ['new', 1]]);
+    assert.deepEqual(seen.deletes, ['old']);
   });
 });
