@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from progress_hub.embedded import free_port, stop_process
 from progress_hub.main import create_app
 from progress_hub.settings import Settings
+from progress_hub.shutdown import HubServer, ShutdownNotice
 
 START_TIMEOUT = 15.0
 REPO = Path(__file__).resolve().parent.parent
@@ -53,26 +54,32 @@ class ThreadHub:
 
 @contextmanager
 def run_hub(
-    settings: Settings, port: int = 0, wrap: Callable[[ASGIApp], ASGIApp] | None = None
+    settings: Settings,
+    port: int = 0,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+    drain: bool = False,
 ) -> Iterator[ThreadHub]:
     """Serve `settings` on a free port (or `port`, to restart a hub in place) for the block.
 
     Args:
         wrap: puts ASGI middleware of the test's around the app (to delay what a loaded
             machine delays, say); it sees every request before the hub does.
+        drain: stop as `progress-hub serve` does on SIGTERM (`HubServer`): stop accepting,
+            tell open streams to reconnect soon, exit; else streams are cut after 1 s.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    app: ASGIApp = create_app(settings)
+    notice = ShutdownNotice() if drain else None
+    app: ASGIApp = create_app(settings, shutdown=notice)
     config = uvicorn.Config(
         wrap(app) if wrap is not None else app,
         log_level="warning",
         timeout_graceful_shutdown=1,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config) if notice is None else HubServer(config, notice)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
