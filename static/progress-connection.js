@@ -34,8 +34,10 @@ export function backoffDelay(failures, baseMs, maxMs, random = Math.random) {
  * @param {() => Promise<boolean>} spec.poll one poll; resolves false to stop, rejects on a transient failure
  * @param {(mode: string) => void} spec.setMode
  * @param {() => Promise<boolean>} spec.catchUp one read of the current state while the
- *   stream owes us one; resolves true when the stream should still bring something
- *   (read again after a poll interval unless it does), rejects on a transient failure
+ *   stream may owe us one (after a drop or a reopen); resolves true when the stream
+ *   still owes something it has not brought (read again after a poll interval, and
+ *   fall back to polling if it still owes it openTimeoutMs after opening), false when
+ *   the read found nothing new; rejects on a transient failure
  * @param {boolean} [spec.liveOnOpen] the stream may stay silent after opening
  *   (the multiplexed stream of a hub with no jobs), so opening proves it works
  */
@@ -58,6 +60,7 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, catchU
   let catchUpRunning = false;
   let catchUpRerun = false;
   let catchUpFailures = 0;
+  let openedAt = 0;
   let lastChangeAt = env.now();
 
   const clear = (timer) => timer !== null && env.clearTimeout(timer);
@@ -90,6 +93,7 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, catchU
       // stream). So read the state now and until the stream delivers. A fresh job
       // stream is exempt: it must open with a snapshot, which openTimeoutMs enforces.
       if (reopened || liveOnOpen) {
+        openedAt = env.now();
         catchingUp = true;
         clear(catchUpTimer);
         catchUpTimer = null;
@@ -193,7 +197,15 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, catchU
       return;
     }
     const open = source !== null && source.readyState === EVENT_SOURCE_OPEN;
-    if (!again && !failed && open) {
+    const late = open && env.now() - openedAt >= opts.openTimeoutMs;
+    if (!failed && open && again && late) {
+      fallBack(); // open for openTimeoutMs and still owing what it opens with: broken
+      return;
+    }
+    // A job stream resumed with Last-Event-ID may be silent by right (nothing missed),
+    // so it is read until it has had openTimeoutMs to show it is late.
+    const settled = !again && (liveOnOpen || late);
+    if (!failed && open && settled) {
       catchingUp = false;
       return;
     }

@@ -24,6 +24,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from progress_hub.settings import Settings
 from tests.browser.conftest import Api
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub, run_hub
@@ -45,9 +46,12 @@ PAGES = 2
 
 @dataclass
 class HeldOpening:
-    """Holds back the opening snapshots of the first stream a restarted hub serves
-    (its headers go out at once), and says when the page has read the list since."""
+    """Holds back the opening frames of the first stream a restarted hub serves at
+    `stream_path` (its headers go out at once), and says when the page has read
+    `read_path` since."""
 
+    stream_path: str = STREAM_PATH
+    read_path: str = LIST_PATH
     streaming: threading.Event = field(default_factory=threading.Event)
     listed: threading.Event = field(default_factory=threading.Event)
     release: asyncio.Event | None = None
@@ -59,10 +63,10 @@ class HeldOpening:
                 await app(scope, receive, send)
                 return
             path = scope["path"]
-            if path == STREAM_PATH and not self.streaming.is_set():
+            if path == self.stream_path and not self.streaming.is_set():
                 self.loop, self.release = asyncio.get_running_loop(), asyncio.Event()
                 await app(scope, receive, self._hold_body(send, self.release))
-            elif path == LIST_PATH and scope["method"] == "GET" and self.streaming.is_set():
+            elif path == self.read_path and scope["method"] == "GET" and self.streaming.is_set():
                 await app(scope, receive, self._note_listed(send))
             else:
                 await app(scope, receive, send)
@@ -158,10 +162,16 @@ def video_bar(page: Page, suffix: str) -> Locator:
     return page.locator(f'#jobs .job[data-job-id="video{suffix}"]').get_by_role("progressbar")
 
 
+@pytest.fixture
+def hub(redis_url: str) -> Iterator[ThreadHub]:
+    """A hub that stops as on SIGTERM, so that a restart takes no graceful timeout."""
+    with run_hub(Settings(broker_url=redis_url, retry_ms=500), drain=True) as started:
+        yield started
+
+
 def test_dashboard_converges_when_a_restarted_hubs_opening_snapshots_are_late(
-    page: Page, start_hub: HubFactory
+    page: Page, hub: ThreadHub
 ) -> None:
-    hub = start_hub(retry_ms=500)
     api = Api(hub.url)
     page.goto(hub.url)
     expect(page.locator("#connection")).to_have_attribute("data-mode", "live")
@@ -173,7 +183,7 @@ def test_dashboard_converges_when_a_restarted_hubs_opening_snapshots_are_late(
 
     hub.stop()
     late = HeldOpening()
-    with run_hub(hub.settings, port=port_of(hub), wrap=late.wrap):
+    with run_hub(hub.settings, port=port_of(hub), wrap=late.wrap, drain=True):
         try:
             assert late.streaming.wait(20), "the page did not reconnect to the new hub"
             assert late.listed.wait(20), "the page did not read the list after reconnecting"
@@ -190,9 +200,8 @@ def test_dashboard_converges_when_a_restarted_hubs_opening_snapshots_are_late(
 
 
 def test_dashboard_drops_a_job_deleted_while_the_hub_was_restarting(
-    page: Page, start_hub: HubFactory
+    page: Page, hub: ThreadHub
 ) -> None:
-    hub = start_hub(retry_ms=500)
     api = Api(hub.url)
     page.goto(hub.url)
     start_jobs(api, "")
@@ -203,6 +212,29 @@ def test_dashboard_drops_a_job_deleted_while_the_hub_was_restarting(
         assert httpx.delete(f"{again.url}/api/jobs/pdf").status_code == 204
         expect(page.locator('#jobs .job[data-job-id="pdf"]')).to_have_count(0)
         expect(page.locator("#jobs .job")).to_have_count(2)
+
+
+def test_job_view_converges_when_a_restarted_hubs_stream_is_late(
+    page: Page, hub: ThreadHub
+) -> None:
+    api = Api(hub.url)
+    api.publish("render-1", status="running", progress=10, message="Rendering")
+    page.goto(f"{hub.url}/#/jobs/render-1")
+    detail = page.locator("#job-detail .job")
+    expect(detail.locator(".percent")).to_have_text("10%")
+    expect(page.locator("#connection")).to_have_attribute("data-mode", "live")
+
+    hub.stop()
+    late = HeldOpening(stream_path="/api/jobs/render-1/events", read_path="/api/jobs/render-1")
+    with run_hub(hub.settings, port=port_of(hub), wrap=late.wrap, drain=True):
+        try:
+            assert late.streaming.wait(20), "the page did not reconnect to the new hub"
+            api.publish("render-1", progress=60)
+            api.publish("render-1", status="completed", message="Rendered")
+            expect(detail.locator(".badge")).to_have_text("completed", timeout=CONVERGE_MS)
+            expect(detail.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+        finally:
+            late.let_go()
 
 
 @pytest.mark.stress

@@ -189,8 +189,9 @@ describe('watchJob reconnecting and falling back', () => {
       await clock.advance(DEFAULTS.errorWindowMs / 2);
     }
     assert.equal(FakeEventSource.instances.length, 1, 'never fell back');
-    // Each reopen reads the job once (a 304 once we have its seq), then trusts the stream.
-    assert.equal(fetch.calls.length, 5);
+    // Each reopen reads the job each poll interval (304s) until openTimeoutMs has passed.
+    const perReopen = 1 + DEFAULTS.openTimeoutMs / DEFAULTS.pollIntervalMs;
+    assert.equal(fetch.calls.length, 5 * perReopen);
     assert.equal(seen.modes.at(-1), 'live');
   });
 
@@ -510,17 +511,47 @@ describe('converging after a reconnect', () => {
     assert.equal(fetch.calls.length, 1);
   });
 
-  test('watchJob trusts a reopened stream once a read finds nothing new', async () => {
+  test('watchJob reads a silent reopened stream until openTimeoutMs, then trusts it', async () => {
     const server = jobServer(snap({ seq: 3 }));
-    const { clock, fetch } = follow('job-1', { fetchHandler: server.handler });
+    const { seen, clock, fetch } = follow('job-1', { fetchHandler: server.handler });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 3 }));
+    es.fail();
+    es.open(); // resumed with Last-Event-ID 3: the hub's opening may be late, or nothing
+    await clock.advance(0);
+    assert.equal(fetch.calls.length, 1);
+    server.job = snap({ seq: 4, progress: 50 }); // published while the opening is late
+    await clock.advance(DEFAULTS.pollIntervalMs);
+    assert.deepEqual(seen.updates.at(-1), [4, 'poll']);
+    es.emit('progress', snap({ seq: 4, progress: 50 })); // the stream catches up
+    const settled = fetch.calls.length;
+    await clock.advance(DEFAULTS.openTimeoutMs * 3);
+    assert.equal(fetch.calls.length, settled, 'no reads once the stream delivers');
+  });
+
+  test('watchJob stops reading an idle reopened stream after openTimeoutMs', async () => {
+    const server = jobServer(snap({ seq: 3 }));
+    const { clock, fetch, seen } = follow('job-1', { fetchHandler: server.handler });
     const es = FakeEventSource.latest();
     es.emit('snapshot', snap({ seq: 3 }));
     es.fail();
     es.open();
-    await clock.advance(0);
-    assert.equal(fetch.calls.length, 1);
-    await clock.advance(DEFAULTS.pollIntervalMs * 10);
-    assert.equal(fetch.calls.length, 1, 'the 304 settled it');
+    await clock.advance(DEFAULTS.openTimeoutMs * 3);
+    assert.equal(fetch.calls.length, 1 + DEFAULTS.openTimeoutMs / DEFAULTS.pollIntervalMs);
+    assert.equal(seen.modes.at(-1), 'live');
+    assert.equal(FakeEventSource.instances.length, 1);
+  });
+
+  test('watchAll falls back when a reopened stream never brings its opening', async () => {
+    const jobs = [snap({ job_id: 'a', seq: 1 })];
+    const { clock, handle } = followAll(() => ({ body: { jobs } }));
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 1 }));
+    es.fail();
+    es.open();
+    await clock.advance(DEFAULTS.openTimeoutMs + DEFAULTS.pollIntervalMs);
+    assert.ok(es.closed);
+    assert.equal(handle.mode, 'polling');
   });
 
   test('watchAll reads the list on reopen and until the stream brings its opening', async () => {
