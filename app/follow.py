@@ -7,6 +7,12 @@ on failures, and try the stream again every 15 s. Every connection starts
 without Last-Event-ID, so it opens with a full snapshot: a terminal only shows
 the latest state, and a stream that answers but never delivers one counts as
 a failure.
+
+After a drop, the state is read once a poll interval while waiting to reconnect
+(the hub's `retry:` may ask for 15 s), and once more when the stream is back, so
+that a watcher converges within one poll interval or one reconnect, whichever
+comes first; the read on reconnect also drops jobs deleted meanwhile, which no
+event reports (tests/app/test_follow.py).
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class Connection:
     def run(self) -> None:
         """Return once a handler says done; raise WatchStopped when the hub refuses."""
         failures = 0
+        reconnect = False
         while True:
             if self.poll_only or failures >= STREAM_FAILURES_BEFORE_POLLING:
                 until = None if self.poll_only else self.clock() + STREAM_RETRY_AFTER
@@ -109,14 +116,45 @@ class Connection:
                     return
                 failures = STREAM_FAILURES_BEFORE_POLLING - 1  # one stream try, then poll again
                 continue
-            delivered, done = self._stream()
+            delivered, done = self._stream(catch_up=reconnect)
             if done:
                 return
+            reconnect = True
             failures = 0 if delivered else failures + 1
             self.on_mode("reconnecting")
-            self.sleep(max(self.retry_hint or 0.0, backoff(max(1, failures))))
+            if self._wait(max(self.retry_hint or 0.0, backoff(max(1, failures)))):
+                return
 
-    def _stream(self) -> tuple[bool, bool]:
+    def _wait(self, seconds: float) -> bool:
+        """Wait `seconds` before reconnecting, reading the state each poll interval
+        meanwhile (less often while reads fail); True when a read says done."""
+        failures = 0
+        left = seconds  # counted in what was slept, so that an injected sleep is obeyed
+        while left > 0:
+            pause = max(self.poll_interval, backoff(failures)) if failures else self.poll_interval
+            step = min(left, pause)
+            self.sleep(step)
+            left -= step
+            if left <= 0:
+                return False
+            done = self._catch_up()
+            if done is None:
+                failures += 1
+            elif done:
+                return True
+            else:
+                failures = 0
+        return False
+
+    def _catch_up(self) -> bool | None:
+        """One read outside the polling fallback: True when done, None when it failed."""
+        try:
+            return self.poll_once()
+        except (httpx.HTTPError, msgspec.DecodeError) as exc:
+            log.debug("watch_catch_up_failed", path=self.path, error=str(exc))
+            return None
+
+    def _stream(self, *, catch_up: bool = False) -> tuple[bool, bool]:
         delivered = False
         try:
             with connect_sse(
@@ -125,6 +163,10 @@ class Connection:
                 refuse_unless_readable(source.response, self.what)
                 if source.response.status_code != 200:
                     return False, False
+                # Back after a drop: what the hub sends first may come late (it has
+                # not subscribed yet when it answers), so read the state now too.
+                if catch_up and self._catch_up():
+                    return True, True
                 for sse in source.iter_sse():
                     if sse.retry is not None:
                         self.retry_hint = sse.retry / 1000

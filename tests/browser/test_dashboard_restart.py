@@ -62,11 +62,11 @@ class HeldOpening:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            path = scope["path"]
-            if path == self.stream_path and not self.streaming.is_set():
+            path, reading = scope["path"], scope["method"] == "GET"
+            if path == self.stream_path and reading and not self.streaming.is_set():
                 self.loop, self.release = asyncio.get_running_loop(), asyncio.Event()
                 await app(scope, receive, self._hold_body(send, self.release))
-            elif path == self.read_path and scope["method"] == "GET" and self.streaming.is_set():
+            elif path == self.read_path and reading and self.streaming.is_set():
                 await app(scope, receive, self._note_listed(send))
             else:
                 await app(scope, receive, send)
