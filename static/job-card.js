@@ -85,7 +85,7 @@ function drawActions(card) {
     refs.cancel.textContent = cancel.sending ? 'Cancelling…' : 'Cancel';
     refs.cancel.setAttribute('aria-label', `Cancel job ${job.job_id}`);
     refs.confirm.hidden = !cancel.confirming;
-    refs.question.textContent = `Cancel job ${job.job_id}?`;
+    refs.confirm.setAttribute('aria-label', `Cancel job ${job.job_id}?`);
     refs.cancelError.textContent = cancel.error;
     refs.cancelError.hidden = !cancel.error;
   });

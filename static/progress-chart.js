@@ -113,9 +113,11 @@ export function renderChart(svg, model) {
     const group = node('g', { class: `chart-band${index % 2 ? ' chart-band--alt' : ''}`, 'data-stage': band.key });
     group.append(node('rect', { x: round(from), y: layout.top, width: round(width), height: bottom - layout.top }));
     group.append(node('title', {}, band.label));
-    // A label only where it fits: about 6.5 units per character at this size.
-    if (width > band.label.length * 6.5 + 8) {
-      group.append(node('text', { class: 'chart-band-label', x: round(from + 4), y: layout.top - 6 }, band.label));
+    // About 6.5 units per character at this size: shortened to fit, or left out.
+    const fits = Math.floor((width - 8) / 6.5);
+    if (fits >= 4) {
+      const text = band.label.length <= fits ? band.label : `${band.label.slice(0, fits - 1)}…`;
+      group.append(node('text', { class: 'chart-band-label', x: round(from + 4), y: layout.top - 6 }, text));
     }
     parts.push(group);
   });

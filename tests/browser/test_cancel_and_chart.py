@@ -120,6 +120,9 @@ def test_job_view_chart_follows_the_event_log_and_the_log_says_things_once(
     expect(card(page).locator(".stage")).to_have_text("Merging OCR results")
     expect(card(page).locator(".message")).to_have_text("")
     page.screenshot(path=artifacts / "job-view-chart.png", full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.screenshot(path=artifacts / "job-view-chart-dark.png", full_page=True)
+    page.emulate_media(color_scheme="light")
 
     # Live: a new event is a new point, drawn where the log says.
     api.publish("ocr-chart", stage_progress=0.8, message="Merging page 100 of 125")
@@ -172,7 +175,9 @@ def test_cancel_from_the_job_view_confirms_shows_cancelling_then_cancelled(
     cancel = job.get_by_role("button", name="Cancel job render-7")
     expect(cancel).to_be_visible()  # a loopback page of a hub without key or secret
     cancel.click()
-    expect(job.get_by_text("Cancel job render-7?")).to_be_visible()
+    confirm = job.get_by_role("group", name="Cancel job render-7?")
+    expect(confirm).to_contain_text("Cancel this job?")
+    expect(confirm.get_by_role("button", name="Keep running")).to_be_focused()
     job.get_by_role("button", name="Yes, cancel it").click()
 
     expect(job.locator(".badge")).to_have_text("Cancelling…")
