@@ -296,7 +296,8 @@ export function watchAll(options = {}) {
   }
 
   function accept(next, source) {
-    if (!next || (only && !only.has(next.job_id))) return;
+    // closed: a read still on its way when close() was called reports nothing.
+    if (!next || closed || (only && !only.has(next.job_id))) return;
     const seen = known.get(next.job_id);
     if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt) return;
     stamps += 1;
@@ -306,7 +307,7 @@ export function watchAll(options = {}) {
   }
 
   function remove(gone) {
-    const seen = gone && known.get(gone.job_id);
+    const seen = gone && !closed && known.get(gone.job_id);
     if (!seen) return;
     known.delete(gone.job_id);
     stamps += 1;

@@ -611,3 +611,16 @@ describe('converging after a reconnect', () => {
     assert.deepEqual(seen.deletes, ['old']);
   });
 });
+
+test('watchAll: a list read on its way when close() is called reports nothing', async () => {
+  const answers = [];
+  const fake = fakeEnv();
+  fake.env.fetch = () => new Promise((resolve) => answers.push(resolve));
+  const updates = [];
+  const handle = watchAll({ env: fake.env, onUpdate: (s) => updates.push(s.job_id) });
+  FakeEventSource.latest().open(); // reads the list
+  handle.close();
+  answers[0](new Response(JSON.stringify({ jobs: [snap({ job_id: 'late' })] })));
+  await settle();
+  assert.deepEqual(updates, []);
+});
