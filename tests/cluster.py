@@ -83,7 +83,7 @@ class ClusterNode:
         """A plain (non-cluster) client of this one node; close it after use."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
-    def command(self, *args: str | int) -> object:
+    def command(self, *args: str | int | bytes) -> object:
         """Run one command on this node alone."""
         client = self.client()
         try:
@@ -283,6 +283,15 @@ class RedisCluster:
         """The node listening on `port`."""
         return next(node for node in self.nodes if node.port == port)
 
+    def slot_ports(self) -> list[int]:
+        """For each slot, the port of the master serving it now (one `CLUSTER NODES`)."""
+        ports = [0] * SLOTS
+        for view in self.view():
+            if view.is_master:
+                for low, high in view.slots:
+                    ports[low : high + 1] = [view.port] * (high - low + 1)
+        return ports
+
     def master_of_slot(self, slot: int) -> ClusterNode:
         """The node serving `slot` now."""
         for view in self.view():
@@ -297,6 +306,46 @@ class RedisCluster:
             if view.master_id == master_id and "fail" not in view.flags:
                 return self.node_of(view.port)
         raise LookupError(f"{master.address} has no live replica")
+
+    def move_slot(
+        self, slot: int, target: ClusterNode, between_keys: Callable[[], None] | None = None
+    ) -> None:
+        """Move `slot` to master `target` the way `redis-cli --cluster reshard` does, one key
+        at a time (https://redis.io/docs/latest/commands/cluster-setslot/), calling
+        `between_keys` after each key so that clients can act while the slot is split."""
+        source = self.master_of_slot(slot)
+        source_id, target_id = source.node_id(), target.node_id()
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        try:
+            while True:
+                names = source.command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+                assert isinstance(names, list)
+                if not names:
+                    break
+                source.command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "REPLACE", "KEYS", *names
+                )
+                if between_keys is not None:
+                    between_keys()
+        finally:
+            # The target first, then the source, then everyone else (CLUSTER SETSLOT docs).
+            others = [node for node in self.master_nodes() if node not in (source, target)]
+            for node in (target, source, *others):
+                node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def wait_promoted(self, node: ClusterNode, timeout: float = SETTLE_TIMEOUT) -> float:
+        """Wait until replica `node` says it is a master (`ROLE`); when it did (monotonic)."""
+
+        def promoted() -> bool:
+            try:
+                role = node.command("ROLE")
+            except (redis.ConnectionError, redis.TimeoutError):
+                return False
+            return isinstance(role, list) and role[0] == b"master"
+
+        wait_for(promoted, timeout, f"{node.address} was not promoted")
+        return time.monotonic()
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one server, as a crash would."""
