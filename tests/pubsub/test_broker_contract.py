@@ -127,7 +127,7 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
         if len(received) == 2:
             got_two.set()
 
-    async def on_reconnect() -> None:
+    async def on_reconnect(channels: object) -> None:
         return None
 
     assert not broker.feed_up  # nothing listens yet: a hub must not say it is ready
@@ -161,7 +161,7 @@ async def test_store_delete_publishes_deleted_envelope(broker_url: str) -> None:
         if kinds[-1] is EventKind.DELETED:
             deleted.set()
 
-    async def on_reconnect() -> None:
+    async def on_reconnect(channels: object) -> None:
         return None
 
     await store.publish("doomed", Update(progress=1))
