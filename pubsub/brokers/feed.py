@@ -115,6 +115,39 @@ class ShardedFeed:
             for node in self._nodes | set(self._shards)
         }
 
+    def footprint(self) -> dict[str, int]:
+        """The size of every structure the feed keeps, ours and redis-py's `PubSub`'s
+        (summed over the shards): after a job's last unsubscribe, none holds it."""
+        sizes = {
+            "wanted": len(self._wanted),
+            "orphans": len(self._orphans),
+            "channels": 0,
+            "confirming": 0,
+            "leaving": 0,
+            "pubsub.channels": 0,
+            "pubsub.pending_unsubscribe_channels": 0,
+            "pubsub.patterns": 0,
+            "pubsub.shard_channels": 0,
+            "pubsub.pending_unsubscribe_shard_channels": 0,
+        }
+        for shard in self._shards.values():
+            pubsub = shard.pubsub
+            for name, size in (
+                ("channels", len(shard.channels)),
+                ("confirming", len(shard.confirming)),
+                ("leaving", len(shard.leaving)),
+                ("pubsub.channels", len(pubsub.channels)),
+                ("pubsub.pending_unsubscribe_channels", len(pubsub.pending_unsubscribe_channels)),
+                ("pubsub.patterns", len(pubsub.patterns)),
+                ("pubsub.shard_channels", len(pubsub.shard_channels)),
+                (
+                    "pubsub.pending_unsubscribe_shard_channels",
+                    len(pubsub.pending_unsubscribe_shard_channels),
+                ),
+            ):
+                sizes[name] += size
+        return sizes
+
     async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
         """Deliver every event of the subscribed channels to `on_message` until cancelled."""
         self._on_message = on_message
