@@ -116,7 +116,10 @@ class RedisCommands:
         nodes: dict[str, ClusterNode | None] = {}
         for c in batch:
             slot_keys = _slot_keys(c.job_id)
-            pipe.evalsha(
+            # By name: redis-py's cluster pipeline refuses its `evalsha` method (it cannot
+            # know that the script's keys share a slot); the command itself routes by key.
+            pipe.execute_command(
+                "EVALSHA",
                 sha,
                 len(slot_keys),
                 *slot_keys,
