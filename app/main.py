@@ -131,7 +131,7 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[HubState]:
-        broker = open_broker(broker_url)
+        broker = open_broker(broker_url, replicas=settings.broker_replicas)
         store = JobStore(broker, pipelines, history=settings.history, retention=settings.retention)
         fanout = Fanout(broker, store, heartbeat=settings.heartbeat)
         stop_listening = shutdown.listen(fanout.drain) if shutdown is not None else None

@@ -9,7 +9,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 ENV_PREFIX: Final = "PROGRESS_"
-KNOWN_BROKER_SCHEMES: Final = ("memory", "redis", "rediss", "unix", "valkey")
+KNOWN_BROKER_SCHEMES: Final = (
+    "memory", "redis", "rediss", "redis+cluster", "rediss+cluster", "unix", "valkey"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,6 +20,8 @@ class Settings:
 
     broker_url: str | None = None
     """None: `serve` starts an embedded Redis-compatible server and fills this in."""
+    broker_replicas: int = 0
+    """Acknowledge an update only once this many replicas hold it (`WAIT`, docs/api.md §8)."""
     host: str = "127.0.0.1"
     port: int = 8000
     heartbeat: float = 15.0
@@ -46,6 +50,10 @@ class Settings:
                     f"unknown broker scheme {scheme!r} in {self.broker_url!r} "
                     "(use redis://host:port/db or memory://)"
                 )
+        if self.broker_replicas < 0:
+            raise ValueError(f"broker_replicas must be 0 or more, got {self.broker_replicas}")
+        if self.broker_replicas and self.broker_url == "memory://":
+            raise ValueError("broker_replicas needs a Redis broker (memory:// has no replicas)")
         for name in ("heartbeat", "stall_after", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")

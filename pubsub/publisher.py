@@ -124,18 +124,22 @@ class Tracker:
         coalesce: float = DEFAULT_COALESCE_SECONDS,
         raise_on_outage: bool = False,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        replicas: int = 0,
     ) -> Tracker:
         """A tracker with a broker connection of its own, closed when it exits.
 
-        `history` and `retention` should match the hub's (the defaults do): whoever
-        commits the final update sets how long the finished job is kept. The other
-        options are the constructor's.
+        `broker_url` is any URL of `pubsub.open_broker` (one Redis, any node of a
+        cluster). `history` and `retention` should match the hub's (the defaults do):
+        whoever commits the final update sets how long the finished job is kept.
+        `replicas`: an update counts as published only once this many replicas hold it
+        (docs/api.md §8); until then it is kept and retried like one sent during an
+        outage. The other options are the constructor's.
         """
         if job_id is None:
             # Untracked: calls are still checked against the pipeline, never published.
             store = JobStore(open_broker("memory://"), pipelines)
         else:
-            broker = open_broker(broker_url)
+            broker = open_broker(broker_url, replicas=replicas)
             store = JobStore(broker, pipelines, history=history, retention=retention)
         tracker = cls(
             store,

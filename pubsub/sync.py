@@ -46,6 +46,7 @@ class TrackerOptions(TypedDict, total=False):
     coalesce: float
     raise_on_outage: bool
     close_timeout: float
+    replicas: int
 
 
 T = TypeVar("T")

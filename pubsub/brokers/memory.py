@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from pubsub.broker import Commit, MilestoneStep, OnMessage, OnReconnect
+from pubsub.broker import Commit, MilestoneStep, OnGap, OnMessage
 from pubsub.errors import BrokerUnavailable
 
 
@@ -131,7 +131,7 @@ class MemoryBroker:
     async def ping(self) -> None:
         return None
 
-    async def listen(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+    async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
         self._on_message = on_message
         try:
             await anyio.sleep_forever()
