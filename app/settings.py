@@ -10,7 +10,13 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX: Final = "PROGRESS_"
 KNOWN_BROKER_SCHEMES: Final = (
-    "memory", "redis", "rediss", "redis+cluster", "rediss+cluster", "unix", "valkey"
+    "memory",
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "unix",
+    "valkey",
 )
 
 

@@ -80,9 +80,7 @@ def server_client(url: str, *, pool: bool) -> redis.Redis:
     connection's worth (a subscription connection, a probe)."""
     plain = _plain(url)[0]
     if not pool:
-        return redis.Redis.from_url(
-            plain, socket_connect_timeout=CONNECT_TIMEOUT, retry=no_retry()
-        )
+        return redis.Redis.from_url(plain, socket_connect_timeout=CONNECT_TIMEOUT, retry=no_retry())
     # The pool blocks rather than raising: redis-py's default async pool raises
     # MaxConnectionsError once 100 commands are in flight, which turned a burst of stream
     # connects away while Redis was fine (docs/performance.md, fan-out).

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -94,6 +93,7 @@ class ShardedFeed:
         self._on_message: OnMessage | None = None
         self._tg: TaskGroup | None = None
         self._subscribes = TickBatcher(self._send_subscribes)
+        self._unsubscribes: TickBatcher[tuple[_Shard, bytes]] = TickBatcher(self._send_unsubscribes)
 
     @property
     def feed_up(self) -> bool:
@@ -171,7 +171,10 @@ class ShardedFeed:
         for channel in channels:
             self._wanted[channel] = job_id
         try:
-            await asyncio.gather(*(self._subscribes.call(channel) for channel in channels))
+            if len(channels) == 1:
+                await self._subscribes.call(channels[0])
+            else:
+                await asyncio.gather(*(self._subscribes.call(channel) for channel in channels))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.unsubscribe(job_id)
@@ -179,6 +182,7 @@ class ShardedFeed:
 
     async def unsubscribe(self, job_id: str | None) -> None:
         """Stop receiving one job's events; best effort (a lost connection took them)."""
+        leaving: list[tuple[_Shard, bytes]] = []
         for channel in _channels(job_id):
             self._wanted.pop(channel, None)
             self._orphans.discard(channel)
@@ -186,10 +190,29 @@ class ShardedFeed:
                 if channel in shard.channels:
                     shard.channels.discard(channel)
                     shard.leaving.add(channel)
-                    try:
-                        await shard.pubsub.sunsubscribe(channel)
-                    except OUTAGE_ERRORS:
-                        log.debug("broker_unsubscribe_skipped", job_id=job_id)
+                    leaving.append((shard, channel))
+        try:
+            if len(leaving) == 1:
+                await self._unsubscribes.call(leaving[0])
+            else:
+                await asyncio.gather(*(self._unsubscribes.call(item) for item in leaving))
+        except BrokerUnavailable:
+            log.debug("broker_unsubscribe_skipped", job_id=job_id)
+
+    async def _send_unsubscribes(self, leaving: list[tuple[_Shard, bytes]]) -> list[Any]:
+        """`SUNSUBSCRIBE` a tick's channels, one command per shard and slot; the replies
+        are read by the shard's reader (and so by redis-py, which forgets them then)."""
+        groups: dict[tuple[_Shard, int], list[bytes]] = defaultdict(list)
+        for shard, channel in leaving:
+            groups[shard, key_slot(channel)].append(channel)
+        for (shard, _), names in groups.items():
+            if self._shards.get(shard.node) is not shard:
+                continue  # lost meanwhile: its subscriptions went with it
+            try:
+                await shard.pubsub.sunsubscribe(*names)
+            except OUTAGE_ERRORS as exc:
+                await self._lost(shard, exc)
+        return [None] * len(leaving)
 
     async def _send_subscribes(self, channels: list[bytes]) -> list[Any]:
         """`SSUBSCRIBE` a tick's channels (one command per node and slot), then wait for
@@ -238,7 +261,7 @@ class ShardedFeed:
         cluster = self._connector.cluster
         if cluster is None:
             return SINGLE_NODE
-        node = cluster.get_node_from_key(channel)
+        node = cluster.get_node_from_key(channel.decode())
         return f"{node.host}:{node.port}" if node is not None else ""
 
     async def _repair_forever(self, on_gap: OnGap) -> None:
@@ -295,7 +318,7 @@ class ShardedFeed:
                     pass
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         shard = self._shards[node] = _Shard(node=node, pubsub=pubsub)
         assert self._tg is not None
@@ -374,7 +397,7 @@ class ShardedFeed:
     async def _close(self, shard: _Shard) -> None:
         self._shards.pop(shard.node, None)
         try:
-            await shard.pubsub.aclose()
+            await shard.pubsub.aclose()  # type: ignore[no-untyped-call]
         except OUTAGE_ERRORS:
             pass
         await shard.pubsub.connection_pool.aclose()
