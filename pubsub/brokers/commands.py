@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from pubsub.broker import Commit, MilestoneStep
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
-from pubsub.brokers.connect import Connector, translated_outage
+from pubsub.brokers.connect import Connector, run_pipeline, translated_outage
 from pubsub.errors import BrokerUnavailable
 
 REPLICA_WAIT_MS: Final = 1000
@@ -91,7 +91,7 @@ class RedisCommands:
         pipe = client.pipeline(transaction=False)
         for key, name in fields:
             pipe.hget(key, name)
-        return await pipe.execute(raise_on_error=False)
+        return await run_pipeline(client, pipe, raise_on_error=False)
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
         # Each commit of a batch is still its own atomic compare-and-set script.
@@ -147,7 +147,7 @@ class RedisCommands:
             else:
                 pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS, target_nodes=node)
             waits.append(name)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await run_pipeline(client, pipe, raise_on_error=False)
         scripts, confirmed = replies[: len(batch)], replies[len(batch) :]
         if not waits:
             return scripts
@@ -206,7 +206,7 @@ class RedisCommands:
             else:
                 pipe.zrevrange(keys.index_key(part), 0, take - 1, withscores=True)
         async with translated_outage():
-            indexes = cast(list[list[tuple[bytes, float]]], await pipe.execute())
+            indexes = cast(list[list[tuple[bytes, float]]], await run_pipeline(client, pipe))
         entries = [(score, job_id) for index in indexes for job_id, score in index]
         if oldest:
             chosen = heapq.nsmallest(take, entries)
@@ -225,7 +225,7 @@ class RedisCommands:
         for part, ids in by_partition.items():
             pipe.zrem(keys.index_key(part), *ids)
         async with translated_outage():
-            await pipe.execute()
+            await run_pipeline(client, pipe)
 
     async def advance_milestone(
         self,

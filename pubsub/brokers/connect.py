@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import anyio
@@ -26,6 +26,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +36,14 @@ CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 3.0
 POOL_SIZE: Final = 64
 POOL_WAIT: Final = 5.0
-OUTAGE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+# A failing master's slots answer CLUSTERDOWN (or are not covered) until its replica takes
+# over, and a slot split by a migration answers TRYAGAIN, which redis-py retries until
+# its redirection budget is spent ("TTL exhausted", a bare ClusterError): outages that
+# end by themselves, not bugs (tests/app/test_faults_cluster.py).
+OUTAGE_ERRORS: Final = (
+    RedisConnectionError, RedisTimeoutError, OSError,
+    ClusterError, TryAgainError, SlotNotCoveredError,
+)  # fmt: skip
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SCHEMES: Final = ("redis", "rediss", "unix", "valkey", *CLUSTER_SCHEMES)
 
@@ -54,6 +62,31 @@ async def translated_outage() -> AsyncIterator[None]:
         yield
     except OUTAGE_ERRORS as exc:
         raise BrokerUnavailable(type(exc).__name__) from exc
+
+
+# Errors after which a cluster's slot map may be stale (a master gone, its replica promoted).
+REROUTE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError,
+                         SlotNotCoveredError)  # fmt: skip
+
+
+async def run_pipeline(client: Client, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+    """`pipe.execute()`; after a failure that may mean a failover, a cluster client re-reads
+    the slot map before its next command.
+
+    redis-py re-reads it before its own retries only, and this broker asks for none
+    (`no_retry`): without this, every later pipeline went on to the killed master, for
+    good (tests/app/test_faults_cluster.py, the kill -9 test). `aclose()` is redis-py's
+    public way to have the next command initialise again.
+    """
+    try:
+        replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+    except REROUTE_ERRORS:
+        if isinstance(client, RedisCluster):
+            await client.aclose()
+        raise
+    if isinstance(client, RedisCluster) and any(isinstance(r, REROUTE_ERRORS) for r in replies):
+        await client.aclose()
+    return replies
 
 
 def _plain(url: str) -> tuple[str, bool]:
