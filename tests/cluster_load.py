@@ -159,13 +159,23 @@ class Watcher:
         return decoded
 
     def gaps(self) -> int:
-        """Progress events that skipped a seq (a snapshot may jump; an event may not)."""
-        seqs = [(event.event, event.seq) for _, event in self.events]
-        return sum(
-            1
-            for (_, before), (kind, after) in zip(seqs, seqs[1:], strict=False)
-            if kind == "progress" and after != before + 1
-        )
+        """Progress events past the highest seq delivered + 1: events missed with no
+        snapshot in their place."""
+        high, missed = 0, 0
+        for _, event in self.events:
+            if event.event == "progress" and event.seq > high + 1:
+                missed += 1
+            high = max(high, event.seq)
+        return missed
+
+    def regressions(self) -> int:
+        """Events older than one the stream had already delivered (a stale state shown)."""
+        high, stale = 0, 0
+        for _, event in self.events:
+            if event.seq < high:
+                stale += 1
+            high = max(high, event.seq)
+        return stale
 
 
 @dataclass
