@@ -15,21 +15,26 @@ machine a replica's CPU would be taken from the masters it is measured against.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
+import redis.asyncio as aredis
 from redis.crc import key_slot
 from rich.console import Console
 
 from bench.fleet import Fleet
 from bench.library import LibraryTarget, PublishRate
-from bench.procs import proc_stat
+from bench.procs import Server, proc_stat
 from bench.report import Report, Row, attempt
 from bench.scenarios import Context, ManyJobsFigures, delivery_check, require_all
+from bench.sse import bench_message
+from bench.targets import HubTarget, Target, baseline_snapshot, progress_of
 from pubsub.brokers import keys
 from tests.cluster import RedisCluster, running_cluster
 
@@ -110,20 +115,77 @@ def cluster_layout(cluster: RedisCluster) -> Layout:
     return Layout(f"{CLUSTER_MASTERS}-master cluster", cluster.url, shards, cluster.slot_ports())
 
 
+class ShardedRawFeed:
+    """The hub fed by bare `SPUBLISH`es of the commit script's envelope, pipelined per
+    shard: its delivery capacity with the publisher out of the measurement (what
+    `bench.targets.RawFeedTarget` is on one node)."""
+
+    name = "raw SPUBLISH"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.hub = HubTarget()
+        self.client: aredis.Redis | aredis.RedisCluster | None = None
+
+    @contextlib.asynccontextmanager
+    async def server(self, redis_url: str, log_dir: Path) -> AsyncIterator[Server]:
+        """The hub process plus a client of our own (a cluster client on a cluster)."""
+        async with self.hub.server(redis_url, log_dir) as srv:
+            if self.layout.slot_ports is None:
+                self.client = aredis.Redis.from_url(redis_url)
+            else:
+                self.client = aredis.RedisCluster.from_url(redis_url)
+            try:
+                yield srv
+            finally:
+                await self.aclose()
+
+    async def create_jobs(self, job_ids: Iterable[str]) -> None:
+        """Through the hub, so the jobs exist (seq 1)."""
+        await self.hub.create_jobs(job_ids)
+
+    async def publish(self, job_id: str, index: int, total: int) -> None:
+        """One job's envelope."""
+        await self.publish_round([job_id], index, total)
+
+    async def publish_round(self, job_ids: Sequence[str], index: int, total: int) -> None:
+        """Every job's envelope with seq index+1, in one pipeline (one round trip per shard)."""
+        if self.client is None:
+            raise RuntimeError("raw feed used outside its server() block")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            snapshot = baseline_snapshot(
+                job_id, index + 1, progress_of(index, total), bench_message(index)
+            )
+            envelope = b'{"event":"progress","snapshot":%s}' % snapshot
+            pipe.execute_command("SPUBLISH", keys.job_channel(job_id), envelope)
+        await pipe.execute()
+
+    async def aclose(self) -> None:
+        """Close our client and the hub's HTTP pool."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        await self.hub.aclose()
+
+
 @dataclass(slots=True)
 class LayoutFigures:
     """Both loads on one layout."""
 
     many: ManyJobsFigures | None = None
     many_shards: list[ShardCpu] = dataclasses.field(default_factory=list)
+    raw: ManyJobsFigures | None = None
+    raw_shards: list[ShardCpu] = dataclasses.field(default_factory=list)
     publish: PublishRate | None = None
     publish_shards: list[ShardCpu] = dataclasses.field(default_factory=list)
 
 
-async def many_jobs_on(ctx: Context, layout: Layout, shards: list[ShardCpu]) -> ManyJobsFigures:
-    """`bench.scenarios.many_jobs` through the library, with Redis CPU per shard beside it."""
+async def many_jobs_on(
+    ctx: Context, layout: Layout, shards: list[ShardCpu], target: Target
+) -> ManyJobsFigures:
+    """`bench.scenarios.many_jobs` fed by `target`, with Redis CPU per shard beside it."""
     sizes = ctx.sizes
-    target = LibraryTarget(layout.url)
     jobs = [f"many{i}" for i in range(sizes.many_jobs)]
     events = sizes.many_events
     async with target.server(layout.url, ctx.log_dir) as srv:
@@ -181,7 +243,14 @@ async def measure(ctx: Context, console: Console, layout: Layout) -> LayoutFigur
     label = f"cluster scenario, {layout.name}"
     await asyncio.to_thread(_flush, layout)
     figures.many = await attempt(
-        console, f"{label}: many jobs", lambda: many_jobs_on(ctx, layout, figures.many_shards),
+        console, f"{label}: many jobs",
+        lambda: many_jobs_on(ctx, layout, figures.many_shards, LibraryTarget(layout.url)),
+        ctx.raw,
+    )  # fmt: skip
+    await asyncio.to_thread(_flush, layout)
+    figures.raw = await attempt(
+        console, f"{label}: many jobs, raw SPUBLISH",
+        lambda: many_jobs_on(ctx, layout, figures.raw_shards, ShardedRawFeed(layout)),
         ctx.raw,
     )  # fmt: skip
     await asyncio.to_thread(_flush, layout)
@@ -206,8 +275,13 @@ def _per_shard(shards: list[ShardCpu]) -> str:
 
 
 def _raw(figures: LayoutFigures) -> dict[str, object]:
-    many, publish = figures.many, figures.publish
+    many, publish, raw = figures.many, figures.publish, figures.raw
     return {
+        "raw": None if raw is None else {
+            "rate": raw.rate, "hub_cpu_us": raw.cpu_us, "publish_rate": raw.publish_rate,
+            "complete": raw.delivery.complete,
+        },
+        "raw_shards": [dataclasses.asdict(s) for s in figures.raw_shards],
         "many": None if many is None else {
             "rate": many.rate, "hub_cpu_us": many.cpu_us, "publish_rate": many.publish_rate,
             "complete": many.delivery.complete,
@@ -247,6 +321,23 @@ def add_rows(report: Report, name: str, figures: LayoutFigures, jobs: int) -> No
             False,
             valid=bool(many and many.delivery.complete),
             check="many-jobs phase, utime+stime of the hub",
+        )
+    )
+    raw = figures.raw
+    report.add(
+        Row(
+            f"cluster: {jobs:,} jobs × 1 sub, raw SPUBLISH, {name}",
+            "deliv/s",
+            raw.rate if raw else None,
+            None,
+            True,
+            valid=bool(raw and raw.delivery.complete),
+            check=delivery_check(raw.delivery) if raw else "",
+            note=f"hub {raw.cpu_us:.1f} µs CPU/deliv; "
+            + ", ".join(f"{s.us_per_commit:.1f}" for s in figures.raw_shards)
+            + " µs Redis CPU/SPUBLISH"
+            if raw
+            else "",
         )
     )
     report.add(
