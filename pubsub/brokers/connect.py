@@ -26,6 +26,13 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +42,18 @@ CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 3.0
 POOL_SIZE: Final = 64
 POOL_WAIT: Final = 5.0
-OUTAGE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+OUTAGE_ERRORS: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # A cluster in the middle of a failover or a slot move: no master for the slot yet,
+    # a script's keys split between two nodes (TRYAGAIN), redirections that ran out.
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SCHEMES: Final = ("redis", "rediss", "unix", "valkey", *CLUSTER_SCHEMES)
 
@@ -116,6 +134,7 @@ class Connector:
         self._forced = _plain(url)[1]
         self._client: Client | None = None
         self._finding = anyio.Lock()
+        self._refreshing = False
 
     @property
     def cluster(self) -> RedisCluster | None:
@@ -147,6 +166,20 @@ class Connector:
         async with translated_outage():
             await cluster.initialize()
         return cluster
+
+    async def refresh(self) -> None:
+        """Read the cluster's slot map again: after a node failed, its slots may have a
+        new master. redis-py does so by itself after a failed command, but not after a
+        failed pipeline whose errors it hands back (`raise_on_error=False`)."""
+        cluster = self.cluster
+        if cluster is None or self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            async with translated_outage():
+                await cluster.nodes_manager.initialize()
+        finally:
+            self._refreshing = False
 
     async def aclose(self) -> None:
         """Close the client's connections."""
