@@ -269,7 +269,7 @@ class RedisCommands:
         client = await self._connector.client()
         async with translated_outage():
             if isinstance(client, RedisCluster):
-                await client.ping(target_nodes=RedisCluster.ALL_NODES)
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
             else:
                 await client.ping()
 

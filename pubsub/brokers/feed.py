@@ -63,7 +63,10 @@ class _Shard:
     confirming: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
     leaving: set[bytes] = field(default_factory=set)
     """Channels we unsubscribed whose reply has not come yet."""
-    up: bool = True
+    heard: int = 0
+    """Replies read so far (the liveness probe's clock)."""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Its reader and its probe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,30 +325,53 @@ class ShardedFeed:
             raise
         shard = self._shards[node] = _Shard(node=node, pubsub=pubsub)
         assert self._tg is not None
-        self._tg.start_soon(self._read, shard)
+        self._tg.start_soon(self._run, shard)
         log.info("broker_shard_connected", node=node)
 
+    async def _run(self, shard: _Shard) -> None:
+        with shard.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._probe, shard)
+                tg.start_soon(self._read, shard)
+
     async def _read(self, shard: _Shard) -> None:
-        """Read one shard connection until it fails or stops answering."""
-        pubsub, pinged = shard.pubsub, False
+        """Read one shard connection until it fails.
+
+        Without a timeout per read: one costs redis-py as much again as the read itself
+        (docs/performance.md, feed); `_probe` watches for silence instead.
+        """
+        pubsub = shard.pubsub
         try:
             while True:
                 try:
-                    message = await pubsub.get_message(timeout=self._probe_interval)
+                    message = await pubsub.get_message(timeout=None)
                 except ResponseError as exc:
                     self._refused(shard, exc)
                     continue
-                if message is None:
-                    if pinged:
-                        raise RedisTimeoutError("the subscription connection stopped answering")
-                    pinged = True
-                    await pubsub.ping()
-                    continue
-                pinged = False
-                self._dispatch(shard, message)
+                shard.heard += 1
+                if message is not None:
+                    self._dispatch(shard, message)
         except OUTAGE_ERRORS as exc:
-            with anyio.CancelScope(shield=True):
+            await self._lost(shard, exc)
+
+    async def _probe(self, shard: _Shard) -> None:
+        """A connection quiet for an interval gets a PING; quiet for another, it is
+        taken as dead (a peer gone without a word, a NAT that forgot it)."""
+        heard, pinged = -1, False
+        while True:
+            await anyio.sleep(self._probe_interval)
+            if shard.heard != heard:
+                heard, pinged = shard.heard, False
+                continue
+            if pinged:
+                await self._lost(shard, RedisTimeoutError("the connection stopped answering"))
+                return
+            pinged = True
+            try:
+                await shard.pubsub.ping()
+            except OUTAGE_ERRORS as exc:
                 await self._lost(shard, exc)
+                return
 
     def _dispatch(self, shard: _Shard, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -382,6 +408,7 @@ class ShardedFeed:
         self._repair_needed.set()
 
     async def _lost(self, shard: _Shard, exc: BaseException) -> None:
+        """Give up a shard connection: its channels wait for the repair."""
         if self._shards.get(shard.node) is not shard:
             return
         log.warning("broker_shard_lost", node=shard.node, error=type(exc).__name__)
@@ -392,7 +419,9 @@ class ShardedFeed:
             if not confirmed.done():
                 confirmed.set_exception(BrokerUnavailable("the subscription connection was lost"))
         self._repair_needed.set()
-        await self._close(shard)
+        shard.scope.cancel()  # its reader and probe, whichever of them called
+        with anyio.CancelScope(shield=True):
+            await self._close(shard)
 
     async def _close(self, shard: _Shard) -> None:
         self._shards.pop(shard.node, None)
