@@ -65,6 +65,9 @@ class _Shard:
     """Channels we unsubscribed whose reply has not come yet."""
     heard: int = 0
     """Replies read so far (the liveness probe's clock)."""
+    stale: bool = False
+    """Redis dropped (or refused) channels of it that redis-py's `PubSub` still lists and
+    cannot be told to forget (a `SUNSUBSCRIBE` there is answered `MOVED`): replaced."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     """Its reader and its probe."""
 
@@ -347,10 +350,13 @@ class ShardedFeed:
                     message = await pubsub.get_message(timeout=None)
                 except ResponseError as exc:
                     self._refused(shard, exc)
-                    continue
+                    message = None
                 shard.heard += 1
                 if message is not None:
                     self._dispatch(shard, message)
+                if shard.stale:
+                    await self._lost(shard, ResponseError("a slot of it moved"))
+                    return
         except OUTAGE_ERRORS as exc:
             await self._lost(shard, exc)
 
@@ -397,6 +403,9 @@ class ShardedFeed:
         self._moved(shard, refused)
 
     def _moved(self, shard: _Shard, channels: list[bytes]) -> None:
+        """`channels` are no longer subscribed on `shard`: subscribe them at their new
+        owner, and replace `shard`, so that redis-py keeps nothing of them either."""
+        shard.stale = True
         self.feed_epoch += 1
         for channel in channels:
             shard.channels.discard(channel)
