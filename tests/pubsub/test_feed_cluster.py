@@ -90,3 +90,26 @@ async def test_feed_follows_a_moved_slot_and_reports_its_jobs_as_a_gap(
     assert moving in set().union(*gaps)
     assert {name: size for name, size in left.items() if size} == {"pubsub.channels": 3}
     assert broker.feed_resubscriptions >= 1
+
+
+async def test_any_node_url_or_a_forced_cluster_url_reaches_every_master(
+    redis_cluster: RedisCluster, cluster_url: str
+) -> None:
+    last = redis_cluster.master_nodes()[-1]
+    urls = [cluster_url, f"redis+cluster://127.0.0.1:{last.port}"]
+    stores = [JobStore(RedisBroker(url)) for url in urls]
+    jobs = [f"anywhere-{i}" for i in range(12)]
+    try:
+        for i, job_id in enumerate(jobs):
+            await stores[i % 2].publish(job_id, Update(progress=i))
+        for store in stores:
+            listed = await store.list_jobs(limit=50)
+            assert sorted(s.job_id for s in listed) == sorted(jobs)
+            assert [s.progress for s in listed] == sorted(
+                (s.progress for s in listed), reverse=True
+            )
+    finally:
+        for store in stores:
+            await store.broker.aclose()
+    masters = {redis_cluster.master_of_slot(key_slot(keys.job_key(j).encode())).port for j in jobs}
+    assert len(masters) == 3, "the jobs spread over every master"
