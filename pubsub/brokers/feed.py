@@ -12,9 +12,10 @@ ids concerned once their subscriptions are back, and counted in `feed_epoch` the
 it starts: a shard connection that fails or stops answering (a quiet connection gets a
 PING after `probe_interval`, and is replaced when another interval passes without a
 word), a slot moved to another master (Redis then sends `sunsubscribe` for its channels;
-an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`), a failover. The
-repair re-reads the cluster's slot map and subscribes each channel at its owner, retrying
-on the schedule of `pubsub.backoff`.
+an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`; that connection is
+replaced too, as redis-py's `PubSub` would otherwise go on listing those channels), a
+failover. The repair re-reads the cluster's slot map and subscribes each channel at its
+owner, retrying on the schedule of `pubsub.backoff`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ SUBSCRIBE_TIMEOUT: Final = 5.0
 # in the same shape) while no job of its node is followed. A plain channel, node-local.
 CONTROL_CHANNEL: Final = b"progress:control"
 SINGLE_NODE: Final = "server"
+# What redis-py's `PubSub` keeps per channel or pattern (its public attributes).
+PUBSUB_STRUCTURES: Final = (
+    "channels",
+    "pending_unsubscribe_channels",
+    "patterns",
+    "pending_unsubscribe_patterns",
+    "shard_channels",
+    "pending_unsubscribe_shard_channels",
+)
 PARTITION_CHANNELS: Final = frozenset(
     keys.partition_channel(p).encode() for p in range(keys.PARTITIONS)
 )
@@ -70,14 +80,6 @@ class _Shard:
     cannot be told to forget (a `SUNSUBSCRIBE` there is answered `MOVED`): replaced."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     """Its reader and its probe."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShardState:
-    """What the metrics show of one shard connection."""
-
-    up: bool
-    channels: int
 
 
 class ShardedFeed:
@@ -111,47 +113,20 @@ class ShardedFeed:
             and not self._orphans
         )
 
-    def shard_states(self) -> dict[str, ShardState]:
-        """Each shard connection's state, by node (the masters, and any still in use)."""
-        return {
-            node: ShardState(
-                up=node in self._shards,
-                channels=len(self._shards[node].channels) if node in self._shards else 0,
-            )
-            for node in self._nodes | set(self._shards)
-        }
+    def shards_up(self) -> dict[str, bool]:
+        """Whether each shard connection is up, by node (the masters, and any in use)."""
+        return {node: node in self._shards for node in self._nodes | set(self._shards)}
 
     def footprint(self) -> dict[str, int]:
         """The size of every structure the feed keeps, ours and redis-py's `PubSub`'s
         (summed over the shards): after a job's last unsubscribe, none holds it."""
-        sizes = {
-            "wanted": len(self._wanted),
-            "orphans": len(self._orphans),
-            "channels": 0,
-            "confirming": 0,
-            "leaving": 0,
-            "pubsub.channels": 0,
-            "pubsub.pending_unsubscribe_channels": 0,
-            "pubsub.patterns": 0,
-            "pubsub.shard_channels": 0,
-            "pubsub.pending_unsubscribe_shard_channels": 0,
-        }
-        for shard in self._shards.values():
-            pubsub = shard.pubsub
-            for name, size in (
-                ("channels", len(shard.channels)),
-                ("confirming", len(shard.confirming)),
-                ("leaving", len(shard.leaving)),
-                ("pubsub.channels", len(pubsub.channels)),
-                ("pubsub.pending_unsubscribe_channels", len(pubsub.pending_unsubscribe_channels)),
-                ("pubsub.patterns", len(pubsub.patterns)),
-                ("pubsub.shard_channels", len(pubsub.shard_channels)),
-                (
-                    "pubsub.pending_unsubscribe_shard_channels",
-                    len(pubsub.pending_unsubscribe_shard_channels),
-                ),
-            ):
-                sizes[name] += size
+        sizes = {"wanted": len(self._wanted), "orphans": len(self._orphans)}
+        for name in ("channels", "confirming", "leaving"):
+            sizes[name] = sum(len(getattr(shard, name)) for shard in self._shards.values())
+        for name in PUBSUB_STRUCTURES:
+            sizes[f"pubsub.{name}"] = sum(
+                len(getattr(shard.pubsub, name)) for shard in self._shards.values()
+            )
         return sizes
 
     async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
@@ -341,7 +316,7 @@ class ShardedFeed:
         """Read one shard connection until it fails.
 
         Without a timeout per read: one costs redis-py as much again as the read itself
-        (docs/performance.md, feed); `_probe` watches for silence instead.
+        (docs/performance.md, the public-API broker); `_probe` watches for silence instead.
         """
         pubsub = shard.pubsub
         try:

@@ -42,7 +42,7 @@ class RedisBroker:
         return self.feed.feed_up
 
     def feed_shards(self) -> dict[str, bool]:
-        return {node: state.up for node, state in self.feed.shard_states().items()}
+        return self.feed.shards_up()
 
     @property
     def feed_resubscriptions(self) -> int:

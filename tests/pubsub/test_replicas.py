@@ -29,7 +29,7 @@ async def test_acknowledged_update_is_already_on_the_replica(
     # Read the replica itself, right after the acknowledgement, with no wait of ours.
     reader = redis.Redis(port=replica.port, single_connection_client=True)
     try:
-        reader.execute_command("READONLY")
+        reader.execute_command("READONLY")  # type: ignore[no-untyped-call]
         seq = reader.hget(keys.job_key("replicated-1"), "seq")
     finally:
         reader.close()
