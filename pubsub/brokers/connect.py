@@ -42,6 +42,10 @@ CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 3.0
 POOL_SIZE: Final = 64
 POOL_WAIT: Final = 5.0
+# redis-py's cluster client has no blocking pool: past this many connections to one node
+# a command fails (MaxConnectionsError) instead of waiting for one. Far more than the
+# batched commands of one process keep busy, so that it means a real overload.
+CLUSTER_NODE_CONNECTIONS: Final = 512
 OUTAGE_ERRORS: Final = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -117,7 +121,7 @@ def cluster_client(url: str) -> RedisCluster:
     """A client of the cluster `url` names a node of."""
     return RedisCluster.from_url(
         _plain(url)[0],
-        max_connections=POOL_SIZE,
+        max_connections=CLUSTER_NODE_CONNECTIONS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         retry=no_retry(),
