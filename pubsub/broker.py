@@ -9,7 +9,7 @@ subscription feed per process. The rules of *what* to commit live in `pubsub.mer
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -60,6 +60,15 @@ class Broker(Protocol):
     @property
     def feed_up(self) -> bool:
         """True while every shard connection of the feed is up (`listen` is delivering)."""
+        ...
+
+    @property
+    def feed_resubscriptions(self) -> int:
+        """Subscriptions made again after a possible gap, since start (for the metrics)."""
+        ...
+
+    def feed_shards(self) -> Mapping[str, bool]:
+        """Whether each shard connection of the feed is up, by node (for the metrics)."""
         ...
 
     async def load(self, job_id: str) -> bytes | None:

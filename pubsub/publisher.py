@@ -144,9 +144,9 @@ class Tracker:
         coalesce: float = DEFAULT_COALESCE_SECONDS,
         raise_on_outage: bool = False,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        replicas: int = 0,
         raise_on_cancel: bool = False,
         cancel_poll_interval: float | None = DEFAULT_CANCEL_POLL_SECONDS,
+        replicas: int = 0,
     ) -> Tracker:
         """A tracker with a broker connection of its own, closed when it exits.
 

@@ -47,9 +47,9 @@ class TrackerOptions(TypedDict, total=False):
     coalesce: float
     raise_on_outage: bool
     close_timeout: float
-    replicas: int
     raise_on_cancel: bool
     cancel_poll_interval: float | None
+    replicas: int
 
 
 T = TypeVar("T")

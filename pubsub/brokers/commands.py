@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from pubsub.broker import Commit, MilestoneStep
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
-from pubsub.brokers.connect import Connector, run_pipeline, translated_outage
+from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
 from pubsub.errors import BrokerUnavailable
 
 REPLICA_WAIT_MS: Final = 1000
@@ -91,7 +91,25 @@ class RedisCommands:
         pipe = client.pipeline(transaction=False)
         for key, name in fields:
             pipe.hget(key, name)
-        return await run_pipeline(client, pipe, raise_on_error=False)
+        return await self._execute(pipe)
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline, errors in their replies' places; a node that failed has the
+        slot map read again, so that the retry finds a promoted replica."""
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except OUTAGE_ERRORS:
+            await self._refresh()
+            raise
+        if any(isinstance(reply, OUTAGE_ERRORS) for reply in replies):
+            await self._refresh()
+        return replies
+
+    async def _refresh(self) -> None:
+        try:
+            await self._connector.refresh()
+        except BrokerUnavailable:
+            pass  # the cluster is still choosing: the next failure asks again
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
         # Each commit of a batch is still its own atomic compare-and-set script.
@@ -147,7 +165,7 @@ class RedisCommands:
             else:
                 pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS, target_nodes=node)
             waits.append(name)
-        replies = await run_pipeline(client, pipe, raise_on_error=False)
+        replies = await self._execute(pipe)
         scripts, confirmed = replies[: len(batch)], replies[len(batch) :]
         if not waits:
             return scripts
@@ -206,7 +224,7 @@ class RedisCommands:
             else:
                 pipe.zrevrange(keys.index_key(part), 0, take - 1, withscores=True)
         async with translated_outage():
-            indexes = cast(list[list[tuple[bytes, float]]], await run_pipeline(client, pipe))
+            indexes = cast(list[list[tuple[bytes, float]]], _raised(await self._execute(pipe)))
         entries = [(score, job_id) for index in indexes for job_id, score in index]
         if oldest:
             chosen = heapq.nsmallest(take, entries)
@@ -225,7 +243,7 @@ class RedisCommands:
         for part, ids in by_partition.items():
             pipe.zrem(keys.index_key(part), *ids)
         async with translated_outage():
-            await run_pipeline(client, pipe)
+            _raised(await self._execute(pipe))
 
     async def advance_milestone(
         self,
@@ -251,7 +269,7 @@ class RedisCommands:
         client = await self._connector.client()
         async with translated_outage():
             if isinstance(client, RedisCluster):
-                await client.ping(target_nodes=RedisCluster.ALL_NODES)
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
             else:
                 await client.ping()
 
@@ -266,6 +284,14 @@ class RedisCommands:
             except NoScriptError:
                 await client.script_load(script[0])
                 return await client.evalsha(script[1], len(slot_keys), *slot_keys, *args)
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """`replies`, unless one is an error: then that error, raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _node_of(client: Any, key: str) -> ClusterNode | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Final
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import anyio
@@ -26,7 +26,13 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,14 +42,22 @@ CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 3.0
 POOL_SIZE: Final = 64
 POOL_WAIT: Final = 5.0
-# A failing master's slots answer CLUSTERDOWN (or are not covered) until its replica takes
-# over, and a slot split by a migration answers TRYAGAIN, which redis-py retries until
-# its redirection budget is spent ("TTL exhausted", a bare ClusterError): outages that
-# end by themselves, not bugs (tests/app/test_faults_cluster.py).
+# redis-py's cluster client has no blocking pool: past this many connections to one node
+# a command fails (MaxConnectionsError) instead of waiting for one. Far more than the
+# batched commands of one process keep busy, so that it means a real overload.
+CLUSTER_NODE_CONNECTIONS: Final = 512
 OUTAGE_ERRORS: Final = (
-    RedisConnectionError, RedisTimeoutError, OSError,
-    ClusterError, TryAgainError, SlotNotCoveredError,
-)  # fmt: skip
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # A cluster in the middle of a failover or a slot move: no master for the slot yet,
+    # a script's keys split between two nodes (TRYAGAIN), redirections that ran out.
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SCHEMES: Final = ("redis", "rediss", "unix", "valkey", *CLUSTER_SCHEMES)
 
@@ -62,31 +76,6 @@ async def translated_outage() -> AsyncIterator[None]:
         yield
     except OUTAGE_ERRORS as exc:
         raise BrokerUnavailable(type(exc).__name__) from exc
-
-
-# Errors after which a cluster's slot map may be stale (a master gone, its replica promoted).
-REROUTE_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError,
-                         SlotNotCoveredError)  # fmt: skip
-
-
-async def run_pipeline(client: Client, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
-    """`pipe.execute()`; after a failure that may mean a failover, a cluster client re-reads
-    the slot map before its next command.
-
-    redis-py re-reads it before its own retries only, and this broker asks for none
-    (`no_retry`): without this, every later pipeline went on to the killed master, for
-    good (tests/app/test_faults_cluster.py, the kill -9 test). `aclose()` is redis-py's
-    public way to have the next command initialise again.
-    """
-    try:
-        replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
-    except REROUTE_ERRORS:
-        if isinstance(client, RedisCluster):
-            await client.aclose()
-        raise
-    if isinstance(client, RedisCluster) and any(isinstance(r, REROUTE_ERRORS) for r in replies):
-        await client.aclose()
-    return replies
 
 
 def _plain(url: str) -> tuple[str, bool]:
@@ -132,7 +121,7 @@ def cluster_client(url: str) -> RedisCluster:
     """A client of the cluster `url` names a node of."""
     return RedisCluster.from_url(
         _plain(url)[0],
-        max_connections=POOL_SIZE,
+        max_connections=CLUSTER_NODE_CONNECTIONS,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         retry=no_retry(),
@@ -149,6 +138,7 @@ class Connector:
         self._forced = _plain(url)[1]
         self._client: Client | None = None
         self._finding = anyio.Lock()
+        self._refreshing = False
 
     @property
     def cluster(self) -> RedisCluster | None:
@@ -180,6 +170,20 @@ class Connector:
         async with translated_outage():
             await cluster.initialize()
         return cluster
+
+    async def refresh(self) -> None:
+        """Read the cluster's slot map again: after a node failed, its slots may have a
+        new master. redis-py does so by itself after a failed command, but not after a
+        failed pipeline whose errors it hands back (`raise_on_error=False`)."""
+        cluster = self.cluster
+        if cluster is None or self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            async with translated_outage():
+                await cluster.nodes_manager.initialize()
+        finally:
+            self._refreshing = False
 
     async def aclose(self) -> None:
         """Close the client's connections."""

@@ -12,9 +12,10 @@ ids concerned once their subscriptions are back, and counted in `feed_epoch` the
 it starts: a shard connection that fails or stops answering (a quiet connection gets a
 PING after `probe_interval`, and is replaced when another interval passes without a
 word), a slot moved to another master (Redis then sends `sunsubscribe` for its channels;
-an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`), a failover. The
-repair re-reads the cluster's slot map and subscribes each channel at its owner, retrying
-on the schedule of `pubsub.backoff`.
+an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`; that connection is
+replaced too, as redis-py's `PubSub` would otherwise go on listing those channels), a
+failover. The repair re-reads the cluster's slot map and subscribes each channel at its
+owner, retrying on the schedule of `pubsub.backoff`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ SUBSCRIBE_TIMEOUT: Final = 5.0
 # in the same shape) while no job of its node is followed. A plain channel, node-local.
 CONTROL_CHANNEL: Final = b"progress:control"
 SINGLE_NODE: Final = "server"
+# What redis-py's `PubSub` keeps per channel or pattern (its public attributes).
+PUBSUB_STRUCTURES: Final = (
+    "channels",
+    "pending_unsubscribe_channels",
+    "patterns",
+    "pending_unsubscribe_patterns",
+    "shard_channels",
+    "pending_unsubscribe_shard_channels",
+)
 PARTITION_CHANNELS: Final = frozenset(
     keys.partition_channel(p).encode() for p in range(keys.PARTITIONS)
 )
@@ -63,15 +73,13 @@ class _Shard:
     confirming: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
     leaving: set[bytes] = field(default_factory=set)
     """Channels we unsubscribed whose reply has not come yet."""
-    up: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class ShardState:
-    """What the metrics show of one shard connection."""
-
-    up: bool
-    channels: int
+    heard: int = 0
+    """Replies read so far (the liveness probe's clock)."""
+    stale: bool = False
+    """Redis dropped (or refused) channels of it that redis-py's `PubSub` still lists and
+    cannot be told to forget (a `SUNSUBSCRIBE` there is answered `MOVED`): replaced."""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Its reader and its probe."""
 
 
 class ShardedFeed:
@@ -105,47 +113,20 @@ class ShardedFeed:
             and not self._orphans
         )
 
-    def shard_states(self) -> dict[str, ShardState]:
-        """Each shard connection's state, by node (the masters, and any still in use)."""
-        return {
-            node: ShardState(
-                up=node in self._shards,
-                channels=len(self._shards[node].channels) if node in self._shards else 0,
-            )
-            for node in self._nodes | set(self._shards)
-        }
+    def shards_up(self) -> dict[str, bool]:
+        """Whether each shard connection is up, by node (the masters, and any in use)."""
+        return {node: node in self._shards for node in self._nodes | set(self._shards)}
 
     def footprint(self) -> dict[str, int]:
         """The size of every structure the feed keeps, ours and redis-py's `PubSub`'s
         (summed over the shards): after a job's last unsubscribe, none holds it."""
-        sizes = {
-            "wanted": len(self._wanted),
-            "orphans": len(self._orphans),
-            "channels": 0,
-            "confirming": 0,
-            "leaving": 0,
-            "pubsub.channels": 0,
-            "pubsub.pending_unsubscribe_channels": 0,
-            "pubsub.patterns": 0,
-            "pubsub.shard_channels": 0,
-            "pubsub.pending_unsubscribe_shard_channels": 0,
-        }
-        for shard in self._shards.values():
-            pubsub = shard.pubsub
-            for name, size in (
-                ("channels", len(shard.channels)),
-                ("confirming", len(shard.confirming)),
-                ("leaving", len(shard.leaving)),
-                ("pubsub.channels", len(pubsub.channels)),
-                ("pubsub.pending_unsubscribe_channels", len(pubsub.pending_unsubscribe_channels)),
-                ("pubsub.patterns", len(pubsub.patterns)),
-                ("pubsub.shard_channels", len(pubsub.shard_channels)),
-                (
-                    "pubsub.pending_unsubscribe_shard_channels",
-                    len(pubsub.pending_unsubscribe_shard_channels),
-                ),
-            ):
-                sizes[name] += size
+        sizes = {"wanted": len(self._wanted), "orphans": len(self._orphans)}
+        for name in ("channels", "confirming", "leaving"):
+            sizes[name] = sum(len(getattr(shard, name)) for shard in self._shards.values())
+        for name in PUBSUB_STRUCTURES:
+            sizes[f"pubsub.{name}"] = sum(
+                len(getattr(shard.pubsub, name)) for shard in self._shards.values()
+            )
         return sizes
 
     async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
@@ -322,30 +303,56 @@ class ShardedFeed:
             raise
         shard = self._shards[node] = _Shard(node=node, pubsub=pubsub)
         assert self._tg is not None
-        self._tg.start_soon(self._read, shard)
+        self._tg.start_soon(self._run, shard)
         log.info("broker_shard_connected", node=node)
 
+    async def _run(self, shard: _Shard) -> None:
+        with shard.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._probe, shard)
+                tg.start_soon(self._read, shard)
+
     async def _read(self, shard: _Shard) -> None:
-        """Read one shard connection until it fails or stops answering."""
-        pubsub, pinged = shard.pubsub, False
+        """Read one shard connection until it fails.
+
+        Without a timeout per read: one costs redis-py as much again as the read itself
+        (docs/performance.md, the public-API broker); `_probe` watches for silence instead.
+        """
+        pubsub = shard.pubsub
         try:
             while True:
                 try:
-                    message = await pubsub.get_message(timeout=self._probe_interval)
+                    message = await pubsub.get_message(timeout=None)
                 except ResponseError as exc:
                     self._refused(shard, exc)
-                    continue
-                if message is None:
-                    if pinged:
-                        raise RedisTimeoutError("the subscription connection stopped answering")
-                    pinged = True
-                    await pubsub.ping()
-                    continue
-                pinged = False
-                self._dispatch(shard, message)
+                    message = None
+                shard.heard += 1
+                if message is not None:
+                    self._dispatch(shard, message)
+                if shard.stale:
+                    await self._lost(shard, ResponseError("a slot of it moved"))
+                    return
         except OUTAGE_ERRORS as exc:
-            with anyio.CancelScope(shield=True):
+            await self._lost(shard, exc)
+
+    async def _probe(self, shard: _Shard) -> None:
+        """A connection quiet for an interval gets a PING; quiet for another, it is
+        taken as dead (a peer gone without a word, a NAT that forgot it)."""
+        heard, pinged = -1, False
+        while True:
+            await anyio.sleep(self._probe_interval)
+            if shard.heard != heard:
+                heard, pinged = shard.heard, False
+                continue
+            if pinged:
+                await self._lost(shard, RedisTimeoutError("the connection stopped answering"))
+                return
+            pinged = True
+            try:
+                await shard.pubsub.ping()
+            except OUTAGE_ERRORS as exc:
                 await self._lost(shard, exc)
+                return
 
     def _dispatch(self, shard: _Shard, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -371,6 +378,9 @@ class ShardedFeed:
         self._moved(shard, refused)
 
     def _moved(self, shard: _Shard, channels: list[bytes]) -> None:
+        """`channels` are no longer subscribed on `shard`: subscribe them at their new
+        owner, and replace `shard`, so that redis-py keeps nothing of them either."""
+        shard.stale = True
         self.feed_epoch += 1
         for channel in channels:
             shard.channels.discard(channel)
@@ -382,6 +392,7 @@ class ShardedFeed:
         self._repair_needed.set()
 
     async def _lost(self, shard: _Shard, exc: BaseException) -> None:
+        """Give up a shard connection: its channels wait for the repair."""
         if self._shards.get(shard.node) is not shard:
             return
         log.warning("broker_shard_lost", node=shard.node, error=type(exc).__name__)
@@ -392,7 +403,9 @@ class ShardedFeed:
             if not confirmed.done():
                 confirmed.set_exception(BrokerUnavailable("the subscription connection was lost"))
         self._repair_needed.set()
-        await self._close(shard)
+        shard.scope.cancel()  # its reader and probe, whichever of them called
+        with anyio.CancelScope(shield=True):
+            await self._close(shard)
 
     async def _close(self, shard: _Shard) -> None:
         self._shards.pop(shard.node, None)

@@ -29,6 +29,10 @@ class MemoryBroker:
     """A `Broker` that lives in this process only (no persistence, no other hubs)."""
 
     feed_epoch = 0  # its feed is a function call: never lost
+    feed_resubscriptions = 0
+
+    def feed_shards(self) -> dict[str, bool]:
+        return {"memory": self.feed_up}
 
     @property
     def feed_up(self) -> bool:

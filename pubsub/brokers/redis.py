@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pubsub.broker import Commit, MilestoneStep, OnGap, OnMessage
 from pubsub.brokers.commands import RedisCommands
 from pubsub.brokers.connect import Connector
-from pubsub.brokers.feed import PROBE_INTERVAL, ShardedFeed, ShardState
+from pubsub.brokers.feed import PROBE_INTERVAL, ShardedFeed
 
 
 class RedisBroker:
@@ -41,9 +41,8 @@ class RedisBroker:
     def feed_up(self) -> bool:
         return self.feed.feed_up
 
-    def feed_shards(self) -> dict[str, ShardState]:
-        """Each subscription connection's state, by node (for the metrics)."""
-        return self.feed.shard_states()
+    def feed_shards(self) -> dict[str, bool]:
+        return self.feed.shards_up()
 
     @property
     def feed_resubscriptions(self) -> int:

@@ -139,13 +139,13 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
         if len(received) == 2:
             got_two.set()
 
-    async def on_reconnect(channels: object) -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     assert not broker.feed_up  # nothing listens yet: a hub must not say it is ready
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "watched")
                 assert broker.feed_up
@@ -173,13 +173,13 @@ async def test_store_delete_publishes_deleted_envelope(broker_url: str) -> None:
         if kinds[-1] is EventKind.DELETED:
             deleted.set()
 
-    async def on_reconnect(channels: object) -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     await store.publish("doomed", Update(progress=1))
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "doomed")
                 await store.delete("doomed")

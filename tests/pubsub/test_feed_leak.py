@@ -11,7 +11,7 @@ from pubsub.brokers.redis import RedisBroker
 from tests.conditions import eventually
 
 JOBS = 20_000
-WAVE = 1_000  # concurrent subscriptions: what a burst of stream connects looks like
+WAVE = 4_000  # concurrent subscriptions: a burst of stream connects
 
 
 @pytest.fixture(params=["redis", "cluster"])
