@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -29,7 +28,7 @@ from progress_hub.openapi import openapi_schema
 from progress_hub.settings import Settings
 from progress_hub.shutdown import ShutdownNotice
 from progress_hub.state import HubState
-from pubsub.broker import Broker, open_broker
+from pubsub.broker import Broker, open_broker, redacted_url, unreachable_hint
 from pubsub.errors import BrokerUnavailable
 from pubsub.pipelines import PipelineRegistry, load_pipelines
 from pubsub.store import JobStore
@@ -140,7 +139,7 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
                 tg.start_soon(fanout.run)
                 tg.start_soon(_sweep_stalls, store, settings.stall_after)
                 await _feed_started(broker)
-                _log_start(settings, broker_url)
+                _log_start(settings, broker_url, broker_feed_down=not broker.feed_up)
                 yield {"settings": settings, "broker": broker, "store": store, "fanout": fanout}
                 tg.cancel_scope.cancel()
         finally:
@@ -183,16 +182,23 @@ def _middleware(settings: Settings) -> list[Middleware]:
     return middleware
 
 
-def _log_start(settings: Settings, broker_url: str) -> None:
+def _log_start(settings: Settings, broker_url: str, *, broker_feed_down: bool) -> None:
     """Say how the hub is set up, and warn about open doors; never log a secret."""
     log.info(
         "hub_started",
-        broker=_redacted(broker_url),
+        broker=redacted_url(broker_url),
         publish_key=settings.publish_key is not None,
         subscriber_tokens=settings.subscriber_secret is not None,
         cors_origins=list(settings.cors_origins),
         max_connections=settings.max_connections,
     )
+    if broker_feed_down:
+        log.warning(
+            "broker_unreachable",
+            broker=redacted_url(broker_url),
+            check=unreachable_hint(broker_url),
+            detail="serving anyway: /readyz answers 503 until the broker answers",
+        )
     if settings.publish_key is None:
         # Issue 5: with no key, writes are refused from anywhere but this machine.
         log.warning(
@@ -201,13 +207,3 @@ def _log_start(settings: Settings, broker_url: str) -> None:
         )
     if settings.subscriber_secret is None:
         log.info("subscriber_tokens_off", detail="no PROGRESS_SUBSCRIBER_SECRET: reads are open")
-
-
-def _redacted(url: str) -> str:
-    """A broker URL fit for logs: no user, no password, no query (it may hold `password=`)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    userinfo = "***@" if parts.username or parts.password else ""
-    return f"{parts.scheme}://{userinfo}{host}{parts.path}"

@@ -102,7 +102,8 @@ def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> It
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
         [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(port), *args],
-        env={**os.environ, **env},
+        # Any free port for an embedded broker: test hubs run side by side (README "Ten lines").
+        env={"PROGRESS_EMBEDDED_PORT": "0", **os.environ, **env},
         cwd=REPO,
         stdout=output or subprocess.DEVNULL,
         stderr=output or subprocess.DEVNULL,
