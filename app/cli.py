@@ -21,7 +21,7 @@ from progress_hub import watch
 from progress_hub.embedded import EmbeddedServer, NoServerBinary
 from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
-from progress_hub.settings import HELP, Settings
+from progress_hub.settings import ENV_PREFIX, HELP, Settings
 from progress_hub.shutdown import HubServer, ShutdownNotice
 from pubsub.broker import unreachable_hint
 
@@ -61,6 +61,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             help=f"{HELP.get(f.name, f.name.replace('_', ' '))} "
             f"(PROGRESS_{f.name.upper()}; default: {default})",
         )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="hub processes sharing the port (default: 1); see docs/production.md",
+    )
     serve.add_argument("--demo", action="store_true", help="also run simulated pipelines")
     serve.add_argument("--demo-speed", type=float, default=1.0, help="run the demo N times faster")
     serve.add_argument("--log-json", action="store_true", help="JSON log lines")
@@ -115,6 +121,8 @@ def serve(args: argparse.Namespace) -> int:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.PIPE,
             )
+        if args.workers > 1:
+            return _serve_workers(settings, args.workers)
         notice = ShutdownNotice()
         config = uvicorn.Config(
             create_app(settings, shutdown=notice),
@@ -139,6 +147,35 @@ def serve(args: argparse.Namespace) -> int:
                 demo.stdin.close()
         if embedded is not None:
             embedded.stop()
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """Several hub processes on one port: uvicorn's supervisor runs `progress_hub.asgi:app`
+    in each, configured by the PROGRESS_* variables set here (the embedded broker, if
+    any, was started once, in this process, and its URL is among them).
+
+    Divergence from one process: uvicorn's own workers run, not `HubServer`, so on
+    SIGTERM open streams are closed by sse-starlette and browsers come back after their
+    `retry:` delay rather than at once (docs/production.md).
+    """
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            os.environ.pop(ENV_PREFIX + f.name.upper(), None)
+        else:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            os.environ[ENV_PREFIX + f.name.upper()] = text
+    uvicorn.run(
+        "progress_hub.asgi:app",
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        lifespan="on",
+    )
+    return 0
 
 
 def broker_problem(url: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import anyio
 import structlog
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from progress_hub import health, jobs, polling, sse
 from progress_hub.errors import EXCEPTION_HANDLERS
@@ -98,13 +98,54 @@ async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
             log.debug("stall_sweep_skipped")
 
 
+class LifespanNotRun(RuntimeError):
+    """A request reached a mounted hub whose lifespan nobody runs."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the hub's lifespan has not run: a host app that mounts the hub must run it in "
+            "its own lifespan, `async with hub_lifespan(hub): yield` (docs/production.md, "
+            "Mounting into an existing app)"
+        )
+
+
 class _Hub(Starlette):
     """Starlette with the edge headers outside its server-error layer, which Starlette
     puts outside all user middleware: a 500 gets the request id and the security headers
-    like every other answer, and the log line of the error carries the request id."""
+    like every other answer, and the log line of the error carries the request id.
+
+    Mounted in a host app (`host.mount("/progress", hub)`), the hub gets no lifespan
+    events of its own: `hub_lifespan` runs its lifespan inside the host's and keeps the
+    state here, and each request of the hub sees it as `request.state` (the host's own
+    state keeps its keys for the host's routes).
+    """
+
+    mounted_state: HubState | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         return EdgeHeadersMiddleware(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and "fanout" not in scope.get("state", ()):
+            if self.mounted_state is None:
+                raise LifespanNotRun()
+            scope = {**scope, "state": {**scope.get("state", {}), **self.mounted_state}}
+        await super().__call__(scope, receive, send)
+
+
+@asynccontextmanager
+async def hub_lifespan(hub: Starlette) -> AsyncIterator[None]:
+    """Run the resources of `hub` (from `create_app`) while the block runs: for a host app
+    that mounts the hub, inside the host's own lifespan (docs/production.md).
+    """
+    if not isinstance(hub, _Hub):
+        raise TypeError(f"hub_lifespan takes the app create_app returns, not {hub!r}")
+    async with hub.router.lifespan_context(hub) as state:
+        hub.mounted_state = cast(HubState, state)
+        try:
+            yield
+        finally:
+            hub.mounted_state = None
 
 
 async def _feed_started(broker: Broker) -> None:
