@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -268,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo_args.append("--stop-with-stdin")
         return demo_main(demo_args)
     if args.command == "watch":
+        # Its retries are debug lines: the screen (or the one-line reason) says enough.
+        configure_logging(json=False, level=logging.WARNING)
         return watch.run(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_BAD_CONFIG
