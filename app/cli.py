@@ -225,14 +225,23 @@ def _tune_gc() -> None:
 
 
 def token(args: argparse.Namespace) -> int:
-    """Print a subscriber token for `--job` ids (or '*'), signed with the configured secret."""
+    """Print a subscriber token for the `--job` ids (`--job '*'`: every job), signed with the
+    configured secret; refuses without `--job`."""
     from pubsub.tokens import issue_token
 
     secret = args.secret or os.environ.get("PROGRESS_SUBSCRIBER_SECRET")
     if not secret:
         print("progress-hub: set PROGRESS_SUBSCRIBER_SECRET or --secret", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(issue_token(secret, args.job or ["*"], args.ttl))
+    if not args.job:
+        # A token for every job is a master key: it must be asked for by name.
+        print(
+            "progress-hub: name the jobs the token may read: --job JOB_ID (repeat it), "
+            "or --job '*' for every job",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    print(issue_token(secret, args.job, args.ttl))
     return 0
 
 

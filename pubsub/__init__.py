@@ -12,6 +12,7 @@ from pubsub.errors import (
     JobExists,
     JobNotFound,
     JobTerminal,
+    NoResult,
     PayloadTooLarge,
     ProgressError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobTerminal",
+    "NoResult",
     "PayloadTooLarge",
     "Pipeline",
     "PipelineRegistry",
