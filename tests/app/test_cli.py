@@ -127,3 +127,17 @@ def test_serve_help_explains_each_flag_with_its_variable_and_default() -> None:
     assert result.returncode == 0
     assert "seconds between SSE comment pings (PROGRESS_HEARTBEAT; default: 15.0)" in result.stdout
     assert "(PROGRESS_EMBEDDED_PORT; default: 6390)" in result.stdout
+
+
+def test_serve_against_an_absent_broker_names_it_at_start_and_on_readyz(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    log = tmp_path / "hub.log"
+    with spawn_hub({"PROGRESS_BROKER_URL": url}, log=log) as hub:
+        ready = httpx.get(hub.url + "/readyz")
+    assert ready.status_code == 503
+    assert f"at {url}; check that it runs" in ready.json()["error"]
+    lines = log.read_text().splitlines()
+    warning = next(i for i, line in enumerate(lines) if "broker does not answer" in line)
+    serving = next(i for i, line in enumerate(lines) if "serving on" in line)
+    assert warning < serving, "the warning comes before 'serving on'"
+    assert f"nothing answers at {url}" in lines[warning]
