@@ -81,7 +81,10 @@ def blocks(document: str) -> list[Block]:
         if opening is None:
             index += 1
             continue
-        marker = MARKER.match(lines[index - 1]) if index else None
+        before = lines[index - 1] if index else ""
+        marker = MARKER.match(before)
+        if marker is None and "doc-test:" in before:
+            raise ValueError(f"{document}:{index}: unknown doc-test marker {before!r}")
         end = index + 1
         while end < len(lines) and lines[end].rstrip() != "```":
             end += 1
