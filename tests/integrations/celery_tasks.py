@@ -1,0 +1,83 @@
+"""The Celery app the integration tests run in a real worker (`celery -A ... worker`).
+
+Test-only configuration comes from the environment the test sets for the worker:
+TEST_CELERY_BROKER (the private Redis, its own database) and TEST_PROGRESS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task, signals
+
+from pubsub import SyncTracker
+from pubsub.celery import current_tracker, track
+
+BROKER = os.environ.get("TEST_CELERY_BROKER", "memory://")
+PROGRESS_URL = os.environ.get("TEST_PROGRESS_URL", "memory://")
+READY_FILE = os.environ.get("TEST_CELERY_READY_FILE")
+# Bounds every loop below: a task the test fails to stop still ends on its own.
+MAX_SECONDS = 20.0
+
+app = Celery("progress_tests", broker=BROKER)
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+track(app, PROGRESS_URL, cancel_poll_interval=0.2)
+
+
+@signals.worker_ready.connect
+def _say_ready(**_: Any) -> None:
+    if READY_FILE:
+        Path(READY_FILE).write_text(str(os.getpid()))
+
+
+@app.task(progress_pipeline="ocr")
+def ocr(chunks: int) -> dict[str, int]:
+    """Stages and chunks, then a JSON result."""
+    job = current_tracker()
+    job.stage("split")
+    job.chunks(chunks)
+    for index in range(chunks):
+        job.chunk_done(index, index * 10 + 1, index * 10 + 10)
+    job.merge()
+    return {"chunks": chunks}
+
+
+@app.task
+def broken(pages: int) -> None:
+    """Fails with a sentence."""
+    current_tracker().set(10, "Opening the file")
+    raise ValueError(f"page {pages} is unreadable")
+
+
+@app.task(bind=True, max_retries=2)
+def flaky(self: Task, url: str) -> str:
+    """Retries twice (once from inside a `with SyncTracker` block), then succeeds."""
+    job = current_tracker()
+    job.set(30 + 10 * self.request.retries, f"Attempt {self.request.retries + 1}")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.2, exc=ConnectionError("upstream timed out"))
+    if self.request.retries == 1:
+        with SyncTracker(url, self.request.id):
+            raise self.retry(countdown=0.2, exc=ConnectionError("upstream timed out again"))
+    return "fetched"
+
+
+@app.task
+def wait_forever() -> None:
+    """Beats until revoked or cancelled (each beat is a tracker call that may raise)."""
+    job = current_tracker()
+    job.start("Waiting")
+    deadline = time.monotonic() + MAX_SECONDS
+    step = 0
+    while time.monotonic() < deadline:
+        step += 1
+        job.message(f"Beat {step}")
+        time.sleep(0.05)
