@@ -32,6 +32,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import anyio
 
+from pubsub.errors import JobCancelled
 from pubsub.events import Snapshot
 from pubsub.exits import fails_job
 from pubsub.pipelines import PipelineRegistry
@@ -47,6 +48,8 @@ class TrackerOptions(TypedDict, total=False):
     coalesce: float
     raise_on_outage: bool
     close_timeout: float
+    raise_on_cancel: bool
+    cancel_poll_interval: float | None
 
 
 T = TypeVar("T")
@@ -189,6 +192,11 @@ class SyncTracker:
         return self._tracker.outage
 
     @property
+    def cancel_requested(self) -> bool:
+        """True once the tracker learnt that someone asked to cancel the job."""
+        return self._tracker.cancel_requested
+
+    @property
     def ended(self) -> bool:
         """True once the job reached an end state; later calls are ignored."""
         return self._tracker.ended
@@ -290,7 +298,11 @@ class SyncTracker:
         try:
             # Only errors fail the job, and not a framework's retry (`pubsub.exits`).
             if fails_job(exc) and not self.ended and self._loop is not None and not self._forked():
-                self.fail(str(exc) or type(exc).__name__)
+                # Stopping on a cancel request is what was asked (docs/api.md §9).
+                if isinstance(exc, JobCancelled):
+                    self.cancel()
+                else:
+                    self.fail(str(exc) or type(exc).__name__)
         finally:
             self.close()
 
