@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 import celery
@@ -44,6 +45,7 @@ from celery import signals
 from celery.exceptions import Retry
 
 from pubsub.announce import DEFAULT_ANNOUNCE_TIMEOUT, Announcer
+from pubsub.errors import JobCancelled
 from pubsub.exits import register_not_failure
 from pubsub.pipelines import PipelineRegistry
 from pubsub.results import describe_error, storable_result
@@ -79,8 +81,10 @@ class CeleryTracking:
     ) -> None:
         self.app = app
         self.broker_url = broker_url
+        # Tasks stop at their next tracker call on a cancel request (docs/api.md §9).
         self.options: TrackerOptions = {
             "close_timeout": DEFAULT_CLOSE_TIMEOUT,
+            "raise_on_cancel": True,
             **options,  # type: ignore[typeddict-item]
         }
         if pipelines is not None:
@@ -243,7 +247,7 @@ class CeleryTracking:
         if tracker is not None:
             tracker.close()
 
-    def _end(self, task_id: str, call: Any) -> None:
+    def _end(self, task_id: str, call: Callable[[SyncTracker], None]) -> None:
         """Make `call` on the task's tracker, or on one opened for it here and now."""
         tracker = _trackers.get(task_id)
         if tracker is not None:
@@ -257,20 +261,21 @@ class CeleryTracking:
             log.error("celery_task_untracked", task_id=task_id, reason=str(exc))
 
 
-def _call_anyway(tracker: SyncTracker, call: Any) -> None:
-    """Make an end call even when the tracker has just learnt of a cancel request."""
+def _call_anyway(tracker: SyncTracker, call: Callable[[SyncTracker], None]) -> None:
+    """Make the call; a retry announced after a cancel request cancels the job instead."""
     try:
         call(tracker)
-    except Exception as exc:
-        if not is_cancel(exc):
-            raise
-        call(tracker)
+    except JobCancelled:
+        # End calls never raise it (docs/api.md §9); `retrying` does: the person asked
+        # for the job to stop, so it stops here rather than waiting for the next attempt.
+        tracker.cancel("Cancelled on request")
 
 
 def is_cancel(exc: BaseException | None) -> bool:
     """True for `pubsub.JobCancelled`, also as Celery's wrapper of an unpicklable one."""
-    name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
-    return name == "JobCancelled"
+    if isinstance(exc, JobCancelled):
+        return True
+    return getattr(exc, "exc_cls_name", None) == JobCancelled.__name__
 
 
 def track(
@@ -288,8 +293,9 @@ def track(
     Args:
         pipelines: the registry that resolves `progress_pipeline` names (built-ins if None).
         announce_timeout: how long `.delay()` waits, at most, for the job to be created.
-        options: `SyncTracker` options for the tasks' trackers (`coalesce`,
-            `close_timeout` (5 s here), `history`, `retention`, ...).
+        options: `SyncTracker` options for the tasks' trackers: `raise_on_cancel`
+            (True here), `cancel_poll_interval`, `coalesce`, `close_timeout` (5 s here),
+            `history`, `retention`.
     """
     global _fork_hook_set
     register_not_failure(Retry)

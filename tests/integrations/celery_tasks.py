@@ -1,12 +1,14 @@
 """The Celery app the integration tests run in a real worker (`celery -A ... worker`).
 
 Test-only configuration comes from the environment the test sets for the worker:
-TEST_CELERY_BROKER (the private Redis, its own database) and TEST_PROGRESS_URL.
+TEST_CELERY_BROKER and TEST_CELERY_BACKEND (databases of the private Redis) and
+TEST_PROGRESS_URL (the jobs' database).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,13 @@ from pubsub import SyncTracker
 from pubsub.celery import current_tracker, track
 
 BROKER = os.environ.get("TEST_CELERY_BROKER", "memory://")
+BACKEND = os.environ.get("TEST_CELERY_BACKEND")
 PROGRESS_URL = os.environ.get("TEST_PROGRESS_URL", "memory://")
 READY_FILE = os.environ.get("TEST_CELERY_READY_FILE")
 # Bounds every loop below: a task the test fails to stop still ends on its own.
 MAX_SECONDS = 20.0
 
-app = Celery("progress_tests", broker=BROKER)
+app = Celery("progress_tests", broker=BROKER, backend=BACKEND)
 app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -81,3 +84,22 @@ def wait_forever() -> None:
         step += 1
         job.message(f"Beat {step}")
         time.sleep(0.05)
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def lost_once(self: Task, finish_first: bool) -> str:
+    """Its first run dies with its process (SIGKILL) and Celery redelivers the message.
+
+    With `finish_first`, the first run ends the job itself before dying, as a worker lost
+    between its last update and the ack would.
+    """
+    job = current_tracker()
+    if self.request.delivery_info.get("redelivered"):
+        job.set(80, "Second run")
+        return "second run"
+    job.set(40, "First run")
+    if finish_first:
+        job.complete("first run")
+    job.flush(timeout=5)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
