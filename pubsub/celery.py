@@ -48,8 +48,8 @@ from pubsub.announce import DEFAULT_ANNOUNCE_TIMEOUT, Announcer
 from pubsub.errors import JobCancelled
 from pubsub.exits import register_not_failure
 from pubsub.pipelines import PipelineRegistry
-from pubsub.results import describe_error, storable_result
 from pubsub.sync import SyncTracker, TrackerOptions
+from pubsub.tasks import describe_error, storable_result, untracked
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,6 @@ GREEN_POOLS: Final = ("gevent", "eventlet")
 
 # The open trackers of this process, by task id: `current_tracker()` looks here.
 _trackers: dict[str, SyncTracker] = {}
-_untracked: SyncTracker | None = None
 _fork_hook = threading.Lock()
 _fork_hook_set = False
 
@@ -166,8 +165,8 @@ class CeleryTracking:
             log.error("celery_task_untracked", task_id=task_id, reason=str(exc))
             return
         _trackers[task_id] = tracker
-        tracker.meta(task=task.name, queue=delivery.get("routing_key"))
         tracker.start()
+        tracker.meta(task=task.name, queue=delivery.get("routing_key"))
         if delivery.get("redelivered"):
             self._resume(task_id, tracker)
 
@@ -319,14 +318,6 @@ def current_tracker() -> SyncTracker:
     request_id = getattr(getattr(task, "request", None), "id", None) if task else None
     tracker = _trackers.get(request_id) if request_id else None
     return tracker if tracker is not None else untracked()
-
-
-def untracked() -> SyncTracker:
-    """The shared tracker that checks calls and publishes nothing."""
-    global _untracked
-    if _untracked is None:
-        _untracked = SyncTracker("memory://", None)
-    return _untracked
 
 
 def _forget_after_fork() -> None:

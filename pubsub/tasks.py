@@ -1,7 +1,7 @@
-"""What a task framework hands back, made fit for a job: its result and its error text.
+"""What the task-framework integrations share: results, error text, the no-op tracker.
 
 Shared by the Celery and RQ integrations (docs/api.md §10), so both store the same
-results and word failures the same way.
+results, word failures the same way, and hand out the same tracker outside a task.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import msgspec
 
 from pubsub.errors import PayloadTooLarge
 from pubsub.merge import encode_result
+from pubsub.sync import SyncTracker
+
+_untracked: SyncTracker | None = None
 
 
 def storable_result(value: Any) -> tuple[Any, str | None]:
@@ -43,3 +46,11 @@ def describe_error(exc: BaseException | None) -> str:
     name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
     message = getattr(exc, "exc_msg", None) if hasattr(exc, "exc_cls_name") else str(exc)
     return f"{name}: {message}" if message else str(name)
+
+
+def untracked() -> SyncTracker:
+    """The shared tracker that checks calls and publishes nothing (outside any task)."""
+    global _untracked
+    if _untracked is None:
+        _untracked = SyncTracker("memory://", None)
+    return _untracked
