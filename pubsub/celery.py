@@ -142,6 +142,10 @@ class CeleryTracking:
             return  # re-published by `self.retry()`: `task_retry` reports it
         name = sender or headers.get("task") or ""
         task = self.app.tasks.get(name)
+        if task is None:
+            # Not a task of this app (another app of the process, or `send_task` of a
+            # task defined only in the workers): the job appears when the task starts.
+            return
         queue = next((q.name for q in declare or () if getattr(q, "name", None)), routing_key)
         self.announcer.announce(
             headers["id"],
