@@ -105,9 +105,10 @@ class tqdm(_Bar[T]):  # noqa: N801 - named like the class it stands in for
         finally:
             if self._tracker is not None and not self._closed_publish:
                 self._closed_publish = True
-                # Closing runs in `finally` blocks (a loop left by `break` or an error): a
-                # cancel request raises from the loop's next tracker call, not from here.
-                with contextlib.suppress(JobCancelled):
+                # Closing runs in `finally` blocks (a loop left by `break` or an error) and
+                # in `__del__`: a cancel request raises from the loop's next tracker call,
+                # not from here, and a bar outliving its tracker (closed) says nothing.
+                with contextlib.suppress(JobCancelled, RuntimeError):
                     self._publish()
 
     def _maybe_publish(self) -> None:

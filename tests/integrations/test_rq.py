@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -14,11 +15,13 @@ from rq.command import send_stop_job_command
 from rq.job import Job
 from rq.worker import Worker as RQWorker
 
+from pubsub.rq import cancel
 from tests.hub import wait_until
 from tests.integrations import rq_tasks
 from tests.integrations.conftest import (
     Redis,
     history,
+    job,
     start_worker,
     stop_worker,
     wait_for_status,
@@ -158,3 +161,15 @@ def test_rq_many_jobs_at_once_all_end_right(
 
     ended = {job_id: wait_for_status(http, job_id, ENDED)["status"] for job_id in expected}
     assert ended == expected
+
+
+def test_rq_cancel_before_it_runs_cancels_both(
+    queue: rq_tasks.Queue, http: httpx.Client, rq_redis: redis.Redis, progress_url: str
+) -> None:
+    later = queue.enqueue_in(timedelta(hours=1), rq_tasks.broken, 1)
+    assert job(http, later.id)["status"] == "queued"  # type: ignore[index]
+
+    cancel(later, progress_url)
+
+    assert job(http, later.id)["status"] == "cancelled"  # type: ignore[index]
+    assert Job.fetch(later.id, connection=rq_redis).is_canceled
