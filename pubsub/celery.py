@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import celery
 import structlog
@@ -47,7 +47,7 @@ from celery.exceptions import Retry
 from pubsub.announce import DEFAULT_ANNOUNCE_TIMEOUT, Announcer
 from pubsub.errors import JobCancelled
 from pubsub.exits import register_not_failure
-from pubsub.pipelines import PipelineRegistry
+from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION
 from pubsub.sync import SyncTracker, TrackerOptions
 from pubsub.tasks import describe_error, storable_result, untracked
 
@@ -74,9 +74,8 @@ class CeleryTracking:
         app: celery.Celery,
         broker_url: str,
         *,
-        pipelines: PipelineRegistry | None = None,
         announce_timeout: float = DEFAULT_ANNOUNCE_TIMEOUT,
-        **options: Any,
+        **options: Unpack[TrackerOptions],
     ) -> None:
         self.app = app
         self.broker_url = broker_url
@@ -84,15 +83,13 @@ class CeleryTracking:
         self.options: TrackerOptions = {
             "close_timeout": DEFAULT_CLOSE_TIMEOUT,
             "raise_on_cancel": True,
-            **options,  # type: ignore[typeddict-item]
+            **options,
         }
-        if pipelines is not None:
-            self.options["pipelines"] = pipelines
         self.announcer = Announcer(
             broker_url,
-            pipelines=pipelines,
-            history=options.get("history", 1000),
-            retention=options.get("retention", 3600),
+            pipelines=options.get("pipelines"),
+            history=options.get("history", DEFAULT_HISTORY),
+            retention=options.get("retention", DEFAULT_RETENTION),
             timeout=announce_timeout,
         )
         self.wait_timeout = announce_timeout
@@ -285,19 +282,18 @@ def track(
     celery_app: celery.Celery,
     broker_url: str,
     *,
-    pipelines: PipelineRegistry | None = None,
     announce_timeout: float = DEFAULT_ANNOUNCE_TIMEOUT,
-    **options: Any,
+    **options: Unpack[TrackerOptions],
 ) -> CeleryTracking:
     """Make every task of `celery_app` a job on `broker_url` (the hub's Redis).
 
     Call it where the app is defined, so producers and workers both run it.
 
     Args:
-        pipelines: the registry that resolves `progress_pipeline` names (built-ins if None).
         announce_timeout: how long `.delay()` waits, at most, for the job to be created.
-        options: `SyncTracker` options for the tasks' trackers: `raise_on_cancel`
-            (True here), `cancel_poll_interval`, `coalesce`, `close_timeout` (5 s here),
+        options: `SyncTracker` options for the tasks' trackers: `pipelines` (resolves
+            `progress_pipeline` names; built-ins by default), `raise_on_cancel` (True
+            here), `cancel_poll_interval`, `coalesce`, `close_timeout` (5 s here),
             `history`, `retention`.
     """
     global _fork_hook_set
@@ -307,13 +303,7 @@ def track(
             # A child of the prefork pool must never use a tracker of its parent.
             os.register_at_fork(after_in_child=_forget_after_fork)
             _fork_hook_set = True
-    return CeleryTracking(
-        celery_app,
-        broker_url,
-        pipelines=pipelines,
-        announce_timeout=announce_timeout,
-        **options,
-    )
+    return CeleryTracking(celery_app, broker_url, announce_timeout=announce_timeout, **options)
 
 
 def current_tracker() -> SyncTracker:
