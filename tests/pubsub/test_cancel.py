@@ -10,7 +10,7 @@ from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.hub import wait_until
 
-# Long enough that a test passing through it did learn from a publish, not a read.
+# No silent-job reads: what the tracker learns, it learns from a publish's answer.
 NO_POLL = None
 FAST_POLL = 0.05
 
