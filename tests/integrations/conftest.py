@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,30 @@ def stop_worker(worker: Worker, sig: int = signal.SIGTERM) -> None:
         os.killpg(worker.process.pid, signal.SIGKILL)  # children it may have left
     except ProcessLookupError:
         pass
+
+
+CELERY_TASKS = "tests.integrations.celery_tasks"
+
+
+@contextmanager
+def celery_workers(
+    env: Mapping[str, str], folder: Path, pools: Sequence[tuple[str, str]]
+) -> Iterator[list[Worker]]:
+    """`celery worker` processes of the test app, one per (pool, queue), started side by
+    side (2 children each); killed at the end, their queues dying with their Redis."""
+    common = ["--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    started: dict[Path, Worker] = {}
+    try:
+        for pool, queue in pools:
+            ready = folder / f"{pool}-{queue}.ready"
+            args = ["celery", "-A", CELERY_TASKS, "worker", "--pool", pool, "--concurrency", "2"]
+            args += ["-Q", queue, "-n", f"{pool}-{queue}@%h", *common]
+            started[ready] = start_worker(
+                args, {**env, "TEST_CELERY_READY_FILE": str(ready)}, folder / f"{pool}.log"
+            )
+        for ready, worker in started.items():
+            wait_ready(worker, ready)
+        yield list(started.values())
+    finally:
+        for worker in started.values():
+            stop_worker(worker, signal.SIGKILL)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import time
 from collections.abc import Iterator
 from types import ModuleType
@@ -17,16 +16,15 @@ import httpx
 import pytest
 
 from tests.integrations.conftest import (
+    CELERY_TASKS,
     Redis,
+    celery_workers,
     history,
     job,
-    start_worker,
-    stop_worker,
     wait_for_status,
-    wait_ready,
 )
 
-TASKS_MODULE = "tests.integrations.celery_tasks"
+TASKS_MODULE = CELERY_TASKS
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +58,11 @@ def tasks(celery_env: dict[str, str]) -> Iterator[ModuleType]:
 def worker(
     celery_env: dict[str, str], tasks: ModuleType, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """Two workers for the module, started side by side: prefork with 2 children on the
-    default queue, and `--pool threads` on the `threads` queue."""
+    """Two workers for the module: prefork with 2 children on the default queue, and
+    `--pool threads` on the `threads` queue."""
     folder = tmp_path_factory.mktemp("celery-workers")
-    common = ["--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "INFO"]
-    workers = {}
-    for pool, queue in (("prefork", "celery"), ("threads", "threads")):
-        ready = folder / f"{pool}.ready"
-        args = ["celery", "-A", TASKS_MODULE, "worker", "--pool", pool, "--concurrency", "2"]
-        args += ["-Q", queue, "-n", f"{pool}@%h", *common]
-        env = {**celery_env, "TEST_CELERY_READY_FILE": str(ready)}
-        workers[ready] = start_worker(args, env, folder / f"{pool}.log")
-    try:
-        for ready, started in workers.items():
-            wait_ready(started, ready)
+    with celery_workers(celery_env, folder, [("prefork", "celery"), ("threads", "threads")]):
         yield
-    finally:
-        for started in workers.values():
-            stop_worker(started, signal.SIGKILL)  # its queues die with the module's Redis
 
 
 def statuses(events: list[dict[str, Any]]) -> list[str]:
