@@ -116,6 +116,8 @@ class CeleryTracking:
         return self.enabled and getattr(task, "app", None) is self.app
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not self.app:
+            return
         pool = str(getattr(sender, "pool_cls", "")).lower()
         if any(green in pool for green in GREEN_POOLS):
             self.enabled = False
