@@ -1,7 +1,7 @@
 """docs/publishing.md's Celery, RQ and tqdm sections, run as written.
 
 Each section's files and commands are taken from the page itself; the only change is the
-Redis address (the module's private server instead of 127.0.0.1:6379).
+Redis address: the module's private server instead of `make run`'s embedded one (6390).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.hub import REPO
 from tests.integrations.conftest import Redis, Worker, stop_worker, wait_for_status
 
 PAGE = REPO / "docs" / "publishing.md"
-DOC_REDIS = "redis://127.0.0.1:6379"
+DOC_REDIS = "redis://127.0.0.1:6390"
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
@@ -47,7 +47,7 @@ def commands(console: str) -> list[str]:
 def folder(tmp_path: Path, private_redis: Redis) -> Iterator[tuple[Path, dict[str, str]]]:
     """A directory to run the examples in, and the environment their commands see."""
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "PROGRESS_BROKER_URL"},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(tmp_path),
     }
@@ -105,8 +105,11 @@ def test_docs_rq_example_runs_as_written(
     run_example("RQ", folder, private_redis, http)
 
 
-def test_docs_tqdm_example_runs_as_written(private_redis: Redis, http: httpx.Client) -> None:
+def test_docs_tqdm_example_runs_as_written(
+    private_redis: Redis, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (code,) = (text for lang, text in section("tqdm") if lang == "python")
+    monkeypatch.delenv("PROGRESS_BROKER_URL", raising=False)  # the page's default, rewritten
 
     exec(compile(local(code, private_redis), str(PAGE), "exec"), {})
 
