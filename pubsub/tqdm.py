@@ -98,6 +98,13 @@ class tqdm(_Bar[T]):  # noqa: N801 - named like the class it stands in for
             self._maybe_publish()
         return drawn
 
+    def reset(self, total: float | None = None) -> None:
+        """Count again from 0 (tqdm's `reset`); the job's percent holds until the new count
+        passes it, as progress never decreases while a job runs (docs/api.md §1)."""
+        super().reset(total)
+        self._count = 0.0
+        self._started = time.monotonic()
+
     def close(self) -> None:
         """Close the bar and publish the exact final count (once)."""
         try:
