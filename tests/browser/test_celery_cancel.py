@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from celery import Celery
 from playwright.sync_api import Page, expect
@@ -43,12 +44,19 @@ def send(env: dict[str, str], task: str) -> str:
         producer.close()
 
 
+def running(hub_url: str, job_id: str) -> bool:
+    response = httpx.get(f"{hub_url}/api/jobs/{job_id}", timeout=5)
+    return response.status_code == 200 and response.json()["status"] == "running"
+
+
 def test_cancel_from_the_dashboard_stops_a_running_celery_task(
     page: Page, start_hub: HubFactory, celery_worker: tuple[dict[str, str], Worker]
 ) -> None:
     env, worker = celery_worker
     hub = start_hub()
     task_id = send(env, "wait_forever")
+    # A job sent by name from an untracked producer appears when the worker starts it.
+    wait_until(lambda: running(hub.url, task_id), 15, "the worker never started the task")
 
     page.goto(f"{hub.url}/#/jobs/{task_id}")
     job = page.locator("#job-detail .job")

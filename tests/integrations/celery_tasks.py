@@ -32,7 +32,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
-track(app, PROGRESS_URL, cancel_poll_interval=0.2)
+tracking = track(app, PROGRESS_URL, cancel_poll_interval=0.2)
 
 
 @signals.worker_ready.connect

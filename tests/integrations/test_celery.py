@@ -51,6 +51,7 @@ def tasks(celery_env: dict[str, str]) -> Iterator[ModuleType]:
             else:
                 os.environ[name] = value
     yield module
+    module.tracking.untrack()  # its Redis stops with the module
     module.app.close()
 
 
