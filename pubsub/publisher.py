@@ -59,6 +59,7 @@ from pubsub.errors import (
     PayloadTooLarge,
 )
 from pubsub.events import Snapshot, Update, is_valid_job_id
+from pubsub.exits import fails_job
 from pubsub.pipelines import PipelineRegistry
 from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION, JobStore
 from pubsub.updates import UpdateBuilder
@@ -214,9 +215,16 @@ class Tracker:
         """Progress within the current stage, from 0 to 1."""
         self._queue(self._builder.advance(fraction, message))
 
-    async def set(self, percent: float, message: str | None = None) -> None:
-        """Set the overall percent explicitly (0-100)."""
-        self._queue(self._builder.set(percent, message))
+    async def set(
+        self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
+    ) -> None:
+        """Set the overall percent explicitly (0-100).
+
+        Args:
+            eta_seconds: seconds left by the caller's own estimate (tqdm's rate, say),
+                published instead of the hub's average-rate ETA (docs/api.md §1).
+        """
+        self._queue(self._builder.set(percent, message, eta_seconds))
 
     async def message(self, text: str) -> None:
         """Say what is happening, without moving progress."""
@@ -316,9 +324,9 @@ class Tracker:
         tb: TracebackType | None,
     ) -> None:
         try:
-            # Only errors fail the job: a cancelled or interrupted worker may be retried.
+            # Only errors fail the job, and not a framework's retry (`pubsub.exits`).
             # A pipeline stopping on a cancel request did what was asked: it is cancelled.
-            if isinstance(exc, Exception) and not self._ended and not self._closed:
+            if fails_job(exc) and not self._ended and not self._closed:
                 if isinstance(exc, JobCancelled):
                     await self.cancel()
                 else:

@@ -56,6 +56,27 @@ async def test_eta_is_null_until_meaningful_then_follows_the_rate_then_zero(
     assert (done["eta_seconds"], done["progress"]) == (0, 100)
 
 
+@pytest.mark.parametrize("eta", [-1, "soon", 10_000_001])
+async def test_eta_from_the_worker_is_checked_like_any_field(
+    client: httpx.AsyncClient, eta: object
+) -> None:
+    response = await client.post("/api/jobs/eta-bad/events", json={"eta_seconds": eta})
+
+    assert response.status_code == 400
+    assert "eta_seconds" in response.json()["error"]
+
+
+async def test_eta_from_the_worker_is_shown_while_it_runs(client: httpx.AsyncClient) -> None:
+    running = await _post(client, "eta-own", status="running", progress=40, eta_seconds=12.5)
+    assert running["eta_seconds"] == 12.5, "the worker's own estimate, at once"
+
+    beat = await _post(client, "eta-own", heartbeat=True)
+    assert beat["eta_seconds"] is None, "without one the hub's own rule applies again"
+
+    done = await _post(client, "eta-own", status="completed", eta_seconds=99)
+    assert done["eta_seconds"] == 0
+
+
 async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) -> None:
     hub = start_hub(stall_after=0.3)
     async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
