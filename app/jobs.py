@@ -24,6 +24,8 @@ from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
 from pubsub.tokens import issue_token
 
+log = structlog.get_logger(__name__)
+
 
 def path_job_id(request: Request) -> str:
     """The `{job_id}` of the path, checked against the contract's pattern (400 otherwise)."""
@@ -43,11 +45,14 @@ async def create_job(request: Request) -> Response:
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
     snapshot = await store.create(job_id, pipeline=spec.pipeline, meta=spec.meta)
+    log.info("job_created", job_id=snapshot.job_id, pipeline=spec.pipeline)
     body = msgspec.structs.asdict(snapshot)
     secret = request.state.settings.subscriber_secret
     if secret is not None:
         body["token"] = issue_token(secret, [snapshot.job_id], request.state.settings.token_ttl)
-    headers = {"Location": f"/api/jobs/{snapshot.job_id}", "ETag": f'"{snapshot.seq}"'}
+    # Under the host's prefix when the hub is mounted (`root_path`, docs/production.md).
+    location = f"{request.scope.get('root_path', '')}/api/jobs/{snapshot.job_id}"
+    headers = {"Location": location, "ETag": f'"{snapshot.seq}"'}
     return json_response(body, status_code=201, headers=headers)
 
 

@@ -47,7 +47,7 @@ from msgspec import UNSET
 
 from pubsub.autoadvance import AutoAdvance
 from pubsub.backoff import Outage
-from pubsub.broker import open_broker
+from pubsub.broker import open_broker, redacted_url, unreachable_hint
 from pubsub.cancel import DEFAULT_CANCEL_POLL_SECONDS, CancelWatch, check_poll_interval
 from pubsub.coalesce import Backlog
 from pubsub.errors import (
@@ -59,6 +59,7 @@ from pubsub.errors import (
     PayloadTooLarge,
 )
 from pubsub.events import Snapshot, Update, is_valid_job_id
+from pubsub.exits import fails_job
 from pubsub.pipelines import PipelineRegistry
 from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION, JobStore
 from pubsub.updates import UpdateBuilder
@@ -112,6 +113,8 @@ class Tracker:
         self.pipeline = pipeline
         self._store = store if job_id is not None else None
         self._owns_broker = False
+        # Named in the outage warnings, so that a wrong URL is found from the first line.
+        self._broker_url: str | None = None
         self._coalesce = coalesce
         self._raise_on_outage = raise_on_outage
         self._close_timeout = close_timeout
@@ -146,18 +149,22 @@ class Tracker:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         raise_on_cancel: bool = False,
         cancel_poll_interval: float | None = DEFAULT_CANCEL_POLL_SECONDS,
+        replicas: int = 0,
     ) -> Tracker:
         """A tracker with a broker connection of its own, closed when it exits.
 
-        `history` and `retention` should match the hub's (the defaults do): whoever
-        commits the final update sets how long the finished job is kept. The other
-        options are the constructor's.
+        `broker_url` is any URL of `pubsub.open_broker` (one Redis, any node of a
+        cluster). `history` and `retention` should match the hub's (the defaults do):
+        whoever commits the final update sets how long the finished job is kept.
+        `replicas`: an update counts as published only once this many replicas hold it
+        (docs/api.md §8); until then it is kept and retried like one sent during an
+        outage. The other options are the constructor's.
         """
         if job_id is None:
             # Untracked: calls are still checked against the pipeline, never published.
             store = JobStore(open_broker("memory://"), pipelines)
         else:
-            broker = open_broker(broker_url)
+            broker = open_broker(broker_url, replicas=replicas)
             store = JobStore(broker, pipelines, history=history, retention=retention)
         tracker = cls(
             store,
@@ -170,6 +177,7 @@ class Tracker:
             cancel_poll_interval=cancel_poll_interval,
         )
         tracker._owns_broker = True
+        tracker._broker_url = broker_url
         return tracker
 
     @property
@@ -207,9 +215,16 @@ class Tracker:
         """Progress within the current stage, from 0 to 1."""
         self._queue(self._builder.advance(fraction, message))
 
-    async def set(self, percent: float, message: str | None = None) -> None:
-        """Set the overall percent explicitly (0-100)."""
-        self._queue(self._builder.set(percent, message))
+    async def set(
+        self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
+    ) -> None:
+        """Set the overall percent explicitly (0-100).
+
+        Args:
+            eta_seconds: seconds left by the caller's own estimate (tqdm's rate, say),
+                published instead of the hub's average-rate ETA (docs/api.md §1).
+        """
+        self._queue(self._builder.set(percent, message, eta_seconds))
 
     async def message(self, text: str) -> None:
         """Say what is happening, without moving progress."""
@@ -281,7 +296,12 @@ class Tracker:
             await self.flush()
         self._closed = True
         if len(self._backlog):
-            log.error("job_updates_lost", job_id=self.job_id, updates=self._backlog.clear())
+            log.error(
+                "job_updates_lost",
+                job_id=self.job_id,
+                updates=self._backlog.clear(),
+                **self._broker_context(),
+            )
         self._task_group.cancel_scope.cancel()
 
     async def __aenter__(self) -> Tracker:
@@ -304,9 +324,9 @@ class Tracker:
         tb: TracebackType | None,
     ) -> None:
         try:
-            # Only errors fail the job: a cancelled or interrupted worker may be retried.
+            # Only errors fail the job, and not a framework's retry (`pubsub.exits`).
             # A pipeline stopping on a cancel request did what was asked: it is cancelled.
-            if isinstance(exc, Exception) and not self._ended and not self._closed:
+            if fails_job(exc) and not self._ended and not self._closed:
                 if isinstance(exc, JobCancelled):
                     await self.cancel()
                 else:
@@ -455,7 +475,18 @@ class Tracker:
     def _outage_began(self, exc: BrokerUnavailable) -> None:
         if self._outage.failed(_now()):
             queued = len(self._backlog)
-            log.warning("broker_unavailable", job_id=self.job_id, error=str(exc), queued=queued)
+            log.warning(
+                "broker_unavailable",
+                job_id=self.job_id,
+                **self._broker_context(),
+                error=str(exc),
+                queued=queued,
+            )
+
+    def _broker_context(self) -> dict[str, str]:
+        """The broker's address and what to check, for the outage log lines."""
+        url = self._broker_url
+        return {} if url is None else {"broker": redacted_url(url), "check": unreachable_hint(url)}
 
     def _outage_ended(self) -> None:
         lasted = self._outage.succeeded(_now())

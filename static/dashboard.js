@@ -10,7 +10,7 @@
  * @module dashboard
  */
 import { JobList } from './job-list.js';
-import { JobView } from './job-view.js';
+import { HUB_BASE, JobView } from './job-view.js';
 import { watchAll } from './progress-client.js';
 
 const LIST_LIMIT = 500;
@@ -141,6 +141,7 @@ function start() {
   showRoute();
 
   watchAll({
+    baseUrl: HUB_BASE,
     token,
     limit: LIST_LIMIT,
     onUpdate: (job) => list.upsert(job),

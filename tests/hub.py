@@ -67,25 +67,33 @@ def run_hub(
         drain: stop as `progress-hub serve` does on SIGTERM (`HubServer`): stop accepting,
             tell open streams to reconnect soon, exit; else streams are cut after 1 s.
     """
+    notice = ShutdownNotice() if drain else None
+    app: ASGIApp = create_app(settings, shutdown=notice)
+    served = serve_app(wrap(app) if wrap is not None else app, port, notice=notice)
+    with served as (url, server, thread):
+        yield ThreadHub(settings=settings, url=url, server=server, thread=thread)
+
+
+@contextmanager
+def serve_app(
+    app: Any, port: int = 0, notice: ShutdownNotice | None = None
+) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """Serve any ASGI `app` (its lifespan on) with uvicorn in a thread; its URL, server, thread.
+
+    Args:
+        notice: given on stop, as `HubServer` gives it (the hub's streams drain).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    notice = ShutdownNotice() if drain else None
-    app: ASGIApp = create_app(settings, shutdown=notice)
-    config = uvicorn.Config(
-        wrap(app) if wrap is not None else app,
-        log_level="warning",
-        timeout_graceful_shutdown=1,
-        lifespan="on",
-    )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
     server = uvicorn.Server(config) if notice is None else HubServer(config, notice)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started, START_TIMEOUT, "the hub did not start")
-        url = f"http://127.0.0.1:{port}"
-        yield ThreadHub(settings=settings, url=url, server=server, thread=thread)
+        wait_until(lambda: server.started, START_TIMEOUT, "the server did not start")
+        yield f"http://127.0.0.1:{port}", server, thread
     finally:
         server.should_exit = True
         thread.join(10)
@@ -121,7 +129,8 @@ def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> It
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
         [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(port), *args],
-        env={**os.environ, **env},
+        # Any free port for an embedded broker: test hubs run side by side (README "Ten lines").
+        env={"PROGRESS_EMBEDDED_PORT": "0", **os.environ, **env},
         cwd=REPO,
         stdout=output or subprocess.DEVNULL,
         stderr=output or subprocess.DEVNULL,
