@@ -51,6 +51,8 @@ PRUNE_BATCH: Final = 100
 MAX_COMMIT_ATTEMPTS: Final = 200
 # Records this store committed last, kept to save a read on the next publish of the job.
 KNOWN_RECORDS: Final = 4096
+# Jobs read (or scanned for stalls) per round trip.
+READ_BATCH: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,17 @@ class JobStore:
         if record is None:
             raise JobNotFound(job_id)
         return record.snapshot
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Snapshot]:
+        """The current snapshots of the jobs that exist among `job_ids`, in their order,
+        read in batches of `READ_BATCH` (one round trip each)."""
+        found: list[Snapshot] = []
+        for first in range(0, len(job_ids), READ_BATCH):
+            batch = job_ids[first : first + READ_BATCH]
+            for raw in await self.broker.load_many(batch):
+                if raw is not None:
+                    found.append(RECORD_DECODER.decode(raw).snapshot)
+        return found
 
     async def replay(
         self, job_id: str, last_seq: int | None, *, current: Snapshot | None = None
