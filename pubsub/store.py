@@ -281,25 +281,36 @@ class JobStore:
             raise InvalidUpdate(str(exc), field="client") from None
         return snapshot, step.milestone, step.calls
 
-    async def mark_stalled(self, stall_after: float, *, scan: int = 1000) -> list[str]:
+    async def mark_stalled(self, stall_after: float) -> list[str]:
         """Flag queued and running jobs silent for `stall_after` seconds; returns the ids
-        newly flagged."""
+        newly flagged.
+
+        Every job of the index is looked at, `READ_BATCH` per round trip; a record is
+        decoded in full only when it is to be flagged.
+        """
         cutoff = self._clock() - stall_after
         flagged: list[str] = []
-        ids = await self.broker.recent_jobs(0, scan - 1)
-        for raw in await self.broker.load_many(ids):
-            if raw is None:
-                continue
-            record = RECORD_DECODER.decode(raw)
-            snap = record.snapshot
-            if snap.stalled or snap.status not in STALLABLE_STATUSES or snap.updated_at > cutoff:
-                continue
-            stalled = mark_stalled(record)
-            # Losing this race means the job was just updated: it is not stalled after all.
-            committed, _ = await self.broker.commit(self._commit(stalled, expected_seq=snap.seq))
-            if committed:
-                flagged.append(snap.job_id)
-                log.info("job_stalled", job_id=snap.job_id, seq=stalled.snapshot.seq)
+        start = 0
+        while ids := await self.broker.recent_jobs(start, start + READ_BATCH - 1):
+            for raw in await self.broker.load_many(ids):
+                if raw is None:
+                    continue
+                seen = _LIVENESS_DECODER.decode(raw).snapshot
+                quiet = seen.status in STALLABLE_STATUSES and seen.updated_at <= cutoff
+                if seen.stalled or not quiet:
+                    continue
+                record = RECORD_DECODER.decode(raw)
+                stalled = mark_stalled(record)
+                # Losing this race means the job was just updated: it is not stalled after all.
+                committed, _ = await self.broker.commit(
+                    self._commit(stalled, expected_seq=record.snapshot.seq)
+                )
+                if committed:
+                    flagged.append(seen.job_id)
+                    log.info("job_stalled", job_id=seen.job_id, seq=stalled.snapshot.seq)
+            if len(ids) < READ_BATCH:
+                break
+            start += READ_BATCH
         return flagged
 
     async def _load(self, job_id: str) -> JobRecord | None:
@@ -334,6 +345,20 @@ def check_job_id(job_id: str) -> None:
             "letter or digit",
             field="job_id",
         )
+
+
+class _Liveness(msgspec.Struct):
+    job_id: str
+    status: JobStatus
+    updated_at: float
+    stalled: bool = False
+
+
+class _RecordLiveness(msgspec.Struct):
+    snapshot: _Liveness
+
+
+_LIVENESS_DECODER: Final = msgspec.json.Decoder(_RecordLiveness)
 
 
 class _SeqOnly(msgspec.Struct):
