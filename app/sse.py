@@ -19,9 +19,10 @@ from progress_hub.body import whole_number
 from progress_hub.delivery import MAX_DASHBOARD_JOBS
 from progress_hub.fanout import DRAIN_RETRY_MS, Fanout
 from progress_hub.jobs import path_job_id
+from progress_hub.mailbox import Mailbox
 from progress_hub.settings import Settings
-from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobNotFound
-from pubsub.events import ENCODER, Snapshot
+from pubsub.errors import BrokerUnavailable, InvalidUpdate
+from pubsub.events import ENCODER, Snapshot, is_valid_job_id
 from pubsub.store import JobStore
 from pubsub.tokens import TokenClaims
 
@@ -113,30 +114,9 @@ async def job_events(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as mailbox:
-                # Subscribed first, read second: nothing published in between is missed,
-                # and start_after() drops what the read already covers.
-                epoch = fanout.epoch
-                replay = await store.replay(
-                    job_id, last_seq, current=_followed(fanout, job_id, last_seq)
-                )
-                current = replay.snapshot
-                fanout.observe(current, epoch)
-                mailbox.start_after(current.seq)
-                # The opening frames go out in one write: on this VM each socket write is
-                # the largest single cost of a connect (docs/performance.md, connect).
-                opening = [frames.retry(settings.retry_ms)]
-                if replay.missed is None:
-                    opening.append(frames.event(b"snapshot", ENCODER.encode(current), current.seq))
-                else:
-                    first = current.seq - len(replay.missed) + 1
-                    opening.extend(
-                        frames.event(b"progress", event, first + i)
-                        for i, event in enumerate(replay.missed)
-                    )
-                if current.is_terminal:
-                    opening.append(frames.end(job_id, current.seq, current.status))
-                yield b"".join(opening)
-                if current.is_terminal:
+                opening, terminal = await _opening(fanout, store, mailbox, last_seq, settings)
+                yield opening
+                if terminal:
                     return
                 while (batch := await mailbox.next_frames()) is not None:
                     yield batch
@@ -145,6 +125,35 @@ async def job_events(request: Request) -> Response:
             yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
 
     return HubStream(body(), send_timeout=settings.send_timeout)
+
+
+async def _opening(
+    fanout: Fanout, store: JobStore, mailbox: Mailbox, last_seq: int | None, settings: Settings
+) -> tuple[bytes, bool]:
+    """A job stream's first write (its snapshot, or the events it missed) and whether the
+    job is over; a function of its own, so that an open stream does not hold what it read."""
+    job_id = mailbox.job_id
+    assert job_id is not None, "a job stream follows one job"
+    # Subscribed first, read second: nothing published in between is missed, and
+    # start_after() drops what the read already covers.
+    epoch = fanout.epoch
+    replay = await store.replay(job_id, last_seq, current=_followed(fanout, job_id, last_seq))
+    current = replay.snapshot
+    fanout.observe(current, epoch)
+    mailbox.start_after(current.seq)
+    # The opening frames go out in one write: on this VM each socket write is the largest
+    # single cost of a connect (docs/performance.md, connect).
+    opening = [frames.retry(settings.retry_ms)]
+    if replay.missed is None:
+        opening.append(frames.event(b"snapshot", ENCODER.encode(current), current.seq))
+    else:
+        first = current.seq - len(replay.missed) + 1
+        opening.extend(
+            frames.event(b"progress", event, first + i) for i, event in enumerate(replay.missed)
+        )
+    if current.is_terminal:
+        opening.append(frames.end(job_id, current.seq, current.status))
+    return b"".join(opening), current.is_terminal
 
 
 async def all_events(request: Request) -> Response:
@@ -165,13 +174,7 @@ async def all_events(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async with fanout.subscribe(None, jobs=jobs, expires_at=_expiry(claims)) as mailbox:
-                if jobs:
-                    snapshots = await _existing(store, jobs)
-                else:
-                    snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
-                yield frames.retry(settings.retry_ms) + b"".join(
-                    frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots
-                )
+                yield await _dashboard_opening(store, jobs, settings)
                 while (batch := await mailbox.next_frames()) is not None:
                     yield batch
         except BrokerUnavailable:
@@ -181,14 +184,17 @@ async def all_events(request: Request) -> Response:
     return HubStream(body(), send_timeout=settings.send_timeout)
 
 
-async def _existing(store: JobStore, jobs: list[str]) -> list[Snapshot]:
-    found: list[Snapshot] = []
-    for job_id in jobs:
-        try:
-            found.append(await store.get(job_id))
-        except (JobNotFound, InvalidUpdate):
-            continue  # a narrowing filter may name jobs that do not exist (yet)
-    return found
+async def _dashboard_opening(store: JobStore, jobs: list[str], settings: Settings) -> bytes:
+    """An every-job stream's first write: the snapshots of its jobs (the named ones that
+    exist, or the newest `MAX_DASHBOARD_JOBS`)."""
+    if jobs:
+        # A narrowing filter may name jobs that do not exist (yet), or cannot exist.
+        snapshots = await store.get_many([job_id for job_id in jobs if is_valid_job_id(job_id)])
+    else:
+        snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
+    return frames.retry(settings.retry_ms) + b"".join(
+        frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots
+    )
 
 
 def _expiry(claims: TokenClaims | None) -> float | None:

@@ -1,0 +1,108 @@
+"""The hub and the library use their dependencies through public names only.
+
+A name starting with `_` in redis-py, uvicorn, Starlette or sse-starlette may change in
+any release (docs/production.md, upgrading dependencies): this reads every module of
+`app/` and `pubsub/` and fails on an import of such a name, an attribute of that kind
+read from an imported dependency name, or one that a subclass of a dependency's class
+reaches through `self`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPENDENCIES = ("redis", "uvicorn", "starlette", "sse_starlette")
+SOURCES = sorted([*(REPO / "app").rglob("*.py"), *(REPO / "pubsub").rglob("*.py")])
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _is_dependency(module: str | None) -> bool:
+    return module is not None and module.split(".")[0] in DEPENDENCIES
+
+
+def _private_uses(tree: ast.Module, module_name: str) -> list[str]:
+    found: list[str] = []
+    imported: dict[str, object] = {}  # local name -> the dependency object it names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and _is_dependency(node.module):
+            assert node.module is not None
+            if any(_is_private(part) for part in node.module.split(".")):
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+            for alias in node.names:
+                if _is_private(alias.name):
+                    found.append(f"line {node.lineno}: import of {node.module}.{alias.name}")
+                module = importlib.import_module(node.module)
+                imported[alias.asname or alias.name] = getattr(module, alias.name, None)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if _is_dependency(alias.name):
+                    if any(_is_private(part) for part in alias.name.split(".")):
+                        found.append(f"line {node.lineno}: import {alias.name}")
+                    imported[alias.asname or alias.name.split(".")[0]] = None
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and _is_private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in imported
+        ):
+            found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    # `self._x` in a subclass of a dependency's class, where `_x` is the dependency's.
+    ours = importlib.import_module(module_name)
+    for cls_node in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        cls = getattr(ours, cls_node.name, None)
+        if not inspect.isclass(cls):
+            continue
+        theirs = {
+            name
+            for base in cls.__mro__[1:]
+            if _is_dependency(base.__module__)
+            for name in vars(base)
+            if _is_private(name)
+        }
+        for node in ast.walk(cls_node):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("self", "cls", "super")
+                and node.attr in theirs
+            ):
+                found.append(f"line {node.lineno}: {cls_node.name} uses {node.attr}")
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in theirs:
+                found.append(f"line {node.lineno}: {cls_node.name} overrides {node.name}")
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[0] == "app":
+        parts[0] = "progress_hub"
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_dependency_api_only_public_names_are_used(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    uses = _private_uses(tree, _module_name(path))
+    assert uses == [], f"{path.relative_to(REPO)} touches private names: {uses}"
+
+
+def test_dependency_api_check_finds_a_private_name() -> None:
+    source = (
+        "from sse_starlette import EventSourceResponse\n"
+        "async def f() -> None:\n"
+        "    await EventSourceResponse._listen_for_exit_signal()\n"
+    )
+    uses = _private_uses(ast.parse(source), "progress_hub.sse")
+    assert uses == ["line 3: EventSourceResponse._listen_for_exit_signal"]
