@@ -188,7 +188,7 @@ async def regime_rows(ctx: Context, report: Report, console: Console, chosen: se
                 f"{jobs} jobs × {subs} over HTTP",
                 lambda: sequential_publish(
                     ctx, hub, jobs=jobs, subscribers_per_job=subs,
-                    events=max(10, 20_000 // jobs) if jobs > 1 else 2_000,
+                    events=max(10, 20_000 // jobs) if jobs > 1 else 300,
                 ),
                 ctx.raw,
             )  # fmt: skip
