@@ -105,6 +105,8 @@ class JobStore:
         committed, _ = await self.broker.commit(self._commit(record, expected_seq=0))
         if not committed:
             raise JobExists(job_id)
+        # Its first update then commits against this record: one round trip, no read.
+        self._remember(record)
         log.info("job_created", job_id=job_id, pipeline=pipeline)
         return record.snapshot
 
