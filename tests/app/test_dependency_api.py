@@ -25,6 +25,31 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+# The subscription feed reads redis-py's `Connection._reader`; the broker is being
+# rewritten on public redis-py calls. Strict: once it no longer does, remove this.
+KNOWN = {"pubsub/brokers/redis.py": "reads redis-py's Connection._reader"}
+
+
+def _our_names() -> set[str]:
+    """Every private name our own code defines: attributes it assigns, functions,
+    classes, class fields and slots."""
+    names: set[str] = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)  # __slots__ entries
+    return {name for name in names if _is_private(name)}
+
+
+OUR_NAMES = _our_names()
+
+
 def _is_dependency(module: str | None) -> bool:
     return module is not None and module.split(".")[0] in DEPENDENCIES
 
@@ -32,6 +57,7 @@ def _is_dependency(module: str | None) -> bool:
 def _private_uses(tree: ast.Module, module_name: str) -> list[str]:
     found: list[str] = []
     imported: dict[str, object] = {}  # local name -> the dependency object it names
+    others: set[str] = set()  # names imported from anything else (the standard library)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and _is_dependency(node.module):
             assert node.module is not None
@@ -42,9 +68,13 @@ def _private_uses(tree: ast.Module, module_name: str) -> list[str]:
                     found.append(f"line {node.lineno}: import of {node.module}.{alias.name}")
                 module = importlib.import_module(node.module)
                 imported[alias.asname or alias.name] = getattr(module, alias.name, None)
+        elif isinstance(node, ast.ImportFrom):
+            others.update(alias.asname or alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if _is_dependency(alias.name):
+                if not _is_dependency(alias.name):
+                    others.add(alias.asname or alias.name.split(".")[0])
+                else:
                     if any(_is_private(part) for part in alias.name.split(".")):
                         found.append(f"line {node.lineno}: import {alias.name}")
                     imported[alias.asname or alias.name.split(".")[0]] = None
@@ -56,6 +86,14 @@ def _private_uses(tree: ast.Module, module_name: str) -> list[str]:
             and node.value.id in imported
         ):
             found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+        elif (
+            isinstance(node, ast.Attribute)
+            and _is_private(node.attr)
+            and node.attr not in OUR_NAMES
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", *others))
+        ):
+            # A private attribute no code of ours defines: someone else's.
+            found.append(f"line {node.lineno}: .{node.attr} of a foreign object")
     # `self._x` in a subclass of a dependency's class, where `_x` is the dependency's.
     ours = importlib.import_module(module_name)
     for cls_node in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
@@ -91,7 +129,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def _case(path: Path) -> object:
+    name = str(path.relative_to(REPO))
+    if name in KNOWN:
+        return pytest.param(path, id=name, marks=pytest.mark.xfail(strict=True, reason=KNOWN[name]))
+    return pytest.param(path, id=name)
+
+
+@pytest.mark.parametrize("path", [_case(path) for path in SOURCES])
 def test_dependency_api_only_public_names_are_used(path: Path) -> None:
     tree = ast.parse(path.read_text(), filename=str(path))
     uses = _private_uses(tree, _module_name(path))
