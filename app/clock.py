@@ -29,8 +29,10 @@ class Clock:
     def __init__(self, heartbeat: float) -> None:
         if heartbeat <= 0:
             raise ValueError(f"heartbeat must be positive, got {heartbeat}")
-        self.step = min(heartbeat, TOKEN_CHECK_INTERVAL)
-        slots = max(1, round(heartbeat / self.step))
+        # The step divides the heartbeat, so that a stream is pinged every `heartbeat`
+        # seconds exactly, and it is at most TOKEN_CHECK_INTERVAL.
+        slots = math.ceil(heartbeat / TOKEN_CHECK_INTERVAL)
+        self.step = heartbeat / slots
         self._ring: list[set[Mailbox]] = [set() for _ in range(slots)]
         self._cursor = 0
         self._slot: dict[Mailbox, int] = {}

@@ -49,9 +49,7 @@ class HubStream(EventSourceResponse):
     """
 
     def __init__(self, body: AsyncIterator[bytes], *, send_timeout: float) -> None:
-        super().__init__(
-            body, headers=STREAM_HEADERS, ping=0, sep="\n", send_timeout=send_timeout
-        )
+        super().__init__(body, headers=STREAM_HEADERS, ping=0, sep="\n", send_timeout=send_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream; a send blocked for `send_timeout` ends it (a stuck client)."""
