@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from bench import library, profile, regimes
+from bench import cluster, library, profile, regimes
 from bench.fleet import percentile
 from bench.load import http_publish, polling
 from bench.procs import raise_fd_limit, redis_server
@@ -42,7 +42,7 @@ from bench.scenarios import (
 from bench.targets import BaselineTarget, HubTarget, RawFeedTarget, Target, hub_available
 
 SCENARIOS = (
-    "streams", "fanout", "many", "library", "http", "poll", "scaling",
+    "streams", "fanout", "many", "library", "http", "poll", "scaling", "cluster",
     "seqpub", "manyhttp", "newjobs", "idle",
 )  # fmt: skip
 console = Console(width=max(150, Console().width))
@@ -324,6 +324,8 @@ async def run(args: argparse.Namespace) -> Report:
             await regimes.regime_rows(ctx, report, console, chosen)
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
+        if "cluster" in chosen and built:
+            await cluster.cluster_rows(ctx, report, console)
     return report
 
 

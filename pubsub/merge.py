@@ -103,6 +103,10 @@ def apply_update(
         start, end, label = _stage_range(old.pipeline, update.stage, pipelines)
         stage_start, stage_end = start, end
         progress = start
+        if update.message is UNSET and label:
+            # As the tracker's stage(): the previous stage's last line would be stale, so
+            # a new stage without a message says its label (docs/api.md §2).
+            message = label
     fraction = None if update.stage_progress is UNSET else update.stage_progress
 
     chunks = old.chunks
@@ -124,7 +128,8 @@ def apply_update(
         progress = old.progress
     if status is JobStatus.COMPLETED:
         progress = 100.0
-    progress = round(min(max(progress, 0.0), 100.0), 3)
+    # Always a float, so the wire always reads `25.0`, never `25` (docs/api.md §1).
+    progress = round(float(min(max(progress, 0.0), 100.0)), 3)
 
     attempt = old.attempt if update.attempt is UNSET else update.attempt
     max_attempts = old.max_attempts if update.max_attempts is UNSET else update.max_attempts
@@ -168,7 +173,7 @@ def apply_update(
         chunks=chunks,
         attempt=attempt,
         max_attempts=max_attempts,
-        eta_seconds=_eta(status, progress, now, run_started_at, run_started_progress),
+        eta_seconds=_eta(status, progress, now, run_started_at, run_started_progress, update),
         error=error,
         meta=meta,
         has_result=old.has_result or update.result is not UNSET,
@@ -189,6 +194,18 @@ def mark_stalled(record: JobRecord) -> JobRecord:
     snapshot = msgspec.structs.replace(
         record.snapshot, seq=record.snapshot.seq + 1, stalled=True, eta_seconds=None
     )
+    return msgspec.structs.replace(record, snapshot=snapshot)
+
+
+def request_cancel(record: JobRecord) -> JobRecord:
+    """The record with `cancel_requested` set (docs/api.md §9): a new seq, so streams and
+    polls learn of it, and every later update keeps it (`apply_update` copies the old
+    snapshot). Only the job's worker ends it; until then it keeps its status. The request
+    is not news from the worker, so `updated_at` and `stalled` stay as they were."""
+    old = record.snapshot
+    if old.is_terminal:
+        raise JobTerminal(old.job_id, old.status)
+    snapshot = msgspec.structs.replace(old, seq=old.seq + 1, cancel_requested=True)
     return msgspec.structs.replace(record, snapshot=snapshot)
 
 
@@ -252,10 +269,16 @@ def _eta(
     now: float,
     started_at: float | None,
     started_progress: float,
+    update: Update,
 ) -> float | None:
     if status is JobStatus.COMPLETED:
         return 0.0
-    if status is not JobStatus.RUNNING or started_at is None:
+    if status is not JobStatus.RUNNING:
+        return None
+    if update.eta_seconds is not UNSET:
+        # The publisher's own estimate (tqdm's rate, say) for this update: docs/api.md §1.
+        return update.eta_seconds
+    if started_at is None:
         return None
     elapsed, gained = now - started_at, progress - started_progress
     if elapsed < ETA_MIN_SECONDS or gained < ETA_MIN_PROGRESS:

@@ -17,7 +17,14 @@ import msgspec
 import structlog
 
 from pubsub.broker import Broker, Commit
-from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobExists, JobNotFound, JobTerminal
+from pubsub.errors import (
+    BrokerUnavailable,
+    InvalidUpdate,
+    JobExists,
+    JobNotFound,
+    JobTerminal,
+    NoResult,
+)
 from pubsub.events import (
     ENCODER,
     STALLABLE_STATUSES,
@@ -35,6 +42,7 @@ from pubsub.merge import (
     encode_result,
     mark_stalled,
     new_record,
+    request_cancel,
 )
 from pubsub.pipelines import PipelineRegistry
 
@@ -107,7 +115,8 @@ class JobStore:
             raise JobExists(job_id)
         # Its first update then commits against this record: one round trip, no read.
         self._remember(record)
-        log.info("job_created", job_id=job_id, pipeline=pipeline)
+        # No log line here: producers create jobs too (`pubsub.announce`, one per
+        # `.delay()`), and an unconfigured structlog prints every line; the hub logs it.
         return record.snapshot
 
     async def publish(
@@ -150,6 +159,28 @@ class JobStore:
                 self._remember(merged)
                 return merged.snapshot
             cached = None
+            record = RECORD_DECODER.decode(current) if current else None
+        raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
+
+    async def request_cancel(self, job_id: str) -> Snapshot:
+        """Ask a job's worker to cancel it (docs/api.md §9): its snapshot gains
+        `cancel_requested`. Asking again changes nothing and returns the current snapshot;
+        `JobNotFound` if unknown, `JobTerminal` once it has ended."""
+        check_job_id(job_id)
+        record = await self._load(job_id)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            if record is None:
+                raise JobNotFound(job_id)
+            if record.snapshot.cancel_requested and not record.snapshot.is_terminal:
+                return record.snapshot
+            merged = request_cancel(record)
+            committed, current = await self.broker.commit(
+                self._commit(merged, expected_seq=record.snapshot.seq)
+            )
+            if committed:
+                self._remember(merged)
+                log.info("job_cancel_requested", job_id=job_id, seq=merged.snapshot.seq)
+                return merged.snapshot
             record = RECORD_DECODER.decode(current) if current else None
         raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
 
@@ -214,11 +245,12 @@ class JobStore:
         return await self.broker.history(job_id, self.history_len)
 
     async def result(self, job_id: str) -> tuple[bytes, str]:
-        """A job's result body and content type; `JobNotFound` if there is none yet."""
+        """A job's result body and content type; `NoResult` when the job has none (yet),
+        `JobNotFound` when there is no such job."""
         check_job_id(job_id)
         stored = await self.broker.result(job_id)
         if stored is None:
-            raise JobNotFound(job_id)
+            raise NoResult(job_id, (await self.get(job_id)).status)
         return decode_result(stored)
 
     async def delete(self, job_id: str) -> None:

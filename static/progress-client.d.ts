@@ -13,8 +13,8 @@ export type EndReason = 'completed' | 'failed' | 'cancelled' | 'deleted';
 
 export interface ChunkPosition {
   index: number;
-  page_start: number;
-  page_end: number;
+  page_start: number | null;
+  page_end: number | null;
 }
 
 export interface Chunks {
@@ -44,6 +44,8 @@ export interface Snapshot {
   created_at: number;
   updated_at: number;
   stalled: boolean;
+  /** Someone asked to cancel the job; its worker has not ended it yet (docs/api.md §9). */
+  cancel_requested: boolean;
 }
 
 /** Replaceable pieces of the runtime, for tests and non-browser hosts. */

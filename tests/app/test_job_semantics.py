@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as redis
 from httpx_sse import aconnect_sse
 
-from pubsub.brokers.redis import INDEX_KEY
+from pubsub.brokers.keys import index_key, partition
 from pubsub.publisher import Tracker
 from pubsub.store import ACTIVE_TTL
 from tests.conditions import eventually
@@ -54,6 +54,27 @@ async def test_eta_is_null_until_meaningful_then_follows_the_rate_then_zero(
     assert retrying["eta_seconds"] is None, "no estimate while waiting to retry"
     done = await _post(client, "eta-1", status="completed")
     assert (done["eta_seconds"], done["progress"]) == (0, 100)
+
+
+@pytest.mark.parametrize("eta", [-1, "soon", 10_000_001])
+async def test_eta_from_the_worker_is_checked_like_any_field(
+    client: httpx.AsyncClient, eta: object
+) -> None:
+    response = await client.post("/api/jobs/eta-bad/events", json={"eta_seconds": eta})
+
+    assert response.status_code == 400
+    assert "eta_seconds" in response.json()["error"]
+
+
+async def test_eta_from_the_worker_is_shown_while_it_runs(client: httpx.AsyncClient) -> None:
+    running = await _post(client, "eta-own", status="running", progress=40, eta_seconds=12.5)
+    assert running["eta_seconds"] == 12.5, "the worker's own estimate, at once"
+
+    beat = await _post(client, "eta-own", heartbeat=True)
+    assert beat["eta_seconds"] is None, "without one the hub's own rule applies again"
+
+    done = await _post(client, "eta-own", status="completed", eta_seconds=99)
+    assert done["eta_seconds"] == 0
 
 
 async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) -> None:
@@ -149,8 +170,8 @@ async def test_every_job_key_expires_and_the_index_is_pruned(
 
         keys = cast(list[bytes], await client.keys("*"))
         ttls = {key.decode(): await client.ttl(key) for key in keys}
-        index = ttls.pop(INDEX_KEY)
-        assert index == -1, "the index is pruned instead"
+        for name in {index_key(partition(job)) for job in ("keys-1", "keys-2")}:
+            assert ttls.pop(name) == -1, "the index is pruned instead"
         for key, ttl in ttls.items():
             limit = 2 if "keys-2" in key else ACTIVE_TTL
             assert 0 < ttl <= limit, f"{key} expires in {ttl} s"
@@ -158,9 +179,50 @@ async def test_every_job_key_expires_and_the_index_is_pruned(
         assert len([key for key in ttls if "keys-2" in key]) == 4
 
         async def indexed() -> list[bytes]:
-            return cast(list[bytes], await client.zrange(INDEX_KEY, 0, -1))
+            ids: list[bytes] = []
+            for name in {index_key(partition(job)) for job in ("keys-1", "keys-2")}:
+                ids += cast(list[bytes], await client.zrange(name, 0, -1))
+            return ids
 
         # Nobody lists jobs here: the hub's sweeper alone drops the expired id.
         await eventually(indexed, lambda ids: ids == [b"keys-1"], 10, "index pruned")
     finally:
         await client.aclose()
+
+
+async def test_http_stage_says_its_label_as_the_trackers_stage_does(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    # docs/api.md §2: a stage without a message replaces the previous stage's last line.
+    created = await client.post("/api/jobs", json={"job_id": "stage-http", "pipeline": "video"})
+    assert created.status_code == 201
+    await _post(client, "stage-http", stage="downloading")
+    await _post(client, "stage-http", stage_progress=0.5, message="12 of 24 MB")
+    over_http = await _post(client, "stage-http", stage="transcribing")
+    async with Tracker.connect(redis_url, "stage-lib", pipeline="video") as job:
+        await job.stage("downloading")
+        await job.advance(0.5, "12 of 24 MB")
+        await job.stage("transcribing")
+        await job.flush()
+        from_library = job.snapshot
+    assert from_library is not None
+    assert over_http["message"] == from_library.message == over_http["stage_label"]
+    explicit = await _post(client, "stage-http", stage="analyzing", message="Scene 1 of 9")
+    assert explicit["message"] == "Scene 1 of 9"
+
+
+async def test_progress_is_always_a_float_on_the_wire(client: httpx.AsyncClient) -> None:
+    await client.post("/api/jobs/float-1/events", json={"progress": 25})
+    raw = (await client.get("/api/jobs/float-1")).text
+    assert '"progress":25.0' in raw
+
+
+async def test_result_of_a_job_without_one_says_so_not_that_it_does_not_exist(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/api/jobs/noresult-1/events", json={"status": "running"})
+    answer = await client.get("/api/jobs/noresult-1/result")
+    assert answer.status_code == 404
+    assert "has no result (it is running)" in answer.json()["error"]
+    missing = await client.get("/api/jobs/never-made/result")
+    assert "does not exist" in missing.json()["error"]

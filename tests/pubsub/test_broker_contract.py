@@ -1,4 +1,4 @@
-"""The contract every broker backend keeps, run against memory and a private Redis."""
+"""The contract every broker backend keeps: memory, a private Redis, a private cluster."""
 
 from __future__ import annotations
 
@@ -15,13 +15,25 @@ from pubsub.store import JobStore
 
 
 async def _subscribe_when_listening(broker: Broker, job_id: str) -> None:
-    """Subscribe once the listener task has its feed (it connects in its own task)."""
+    """Subscribe once the listener task has its feed (it connects in its own task, to
+    every shard of a cluster)."""
+    while not broker.feed_up:
+        await anyio.sleep(0.01)
     while True:
         try:
             await broker.subscribe(job_id)
             return
         except BrokerUnavailable:
             await anyio.sleep(0.01)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn: memory, a private Redis, a private Redis Cluster."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture
@@ -127,13 +139,13 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
         if len(received) == 2:
             got_two.set()
 
-    async def on_reconnect() -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     assert not broker.feed_up  # nothing listens yet: a hub must not say it is ready
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "watched")
                 assert broker.feed_up
@@ -161,13 +173,13 @@ async def test_store_delete_publishes_deleted_envelope(broker_url: str) -> None:
         if kinds[-1] is EventKind.DELETED:
             deleted.set()
 
-    async def on_reconnect() -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     await store.publish("doomed", Update(progress=1))
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "doomed")
                 await store.delete("doomed")
