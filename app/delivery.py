@@ -3,14 +3,17 @@ shows the job; after a gap in the feed, the current snapshots take the missed ev
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from typing import Final
 
+import anyio
 import msgspec
 import structlog
 
 from progress_hub import frames, metrics
 from progress_hub.channels import Channel, Channels
+from pubsub.backoff import Outage
 from pubsub.broker import Broker
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import ENCODER, ENVELOPE_DECODER, EventKind, Snapshot
@@ -94,25 +97,34 @@ class Delivery:
         metrics.BROKER_RECONNECTS.inc()
         epoch = self._broker.feed_epoch
         wanted = set(channels) if channels is not None else None
+        outage = Outage()
+        # The feed is back, but reads may still fail for a moment (a failover's slot map
+        # settling): retry on the publisher's schedule, or a stream whose job goes quiet
+        # would never hear of the events it missed. A newer gap runs its own resync.
+        while epoch == self._broker.feed_epoch:
+            try:
+                await self._resync_once(wanted, epoch)
+                return
+            except BrokerUnavailable:
+                if outage.failed(time.monotonic()):
+                    log.warning("resync_failed", retrying=True)
+                await anyio.sleep(outage.delay)
+
+    async def _resync_once(self, wanted: set[str | None] | None, epoch: int) -> None:
         followed = [
             (job_id, channel)
             for job_id, channel in self._channels.items()
             if wanted is None or job_id in wanted
         ]
         job_ids = [job_id for job_id, _ in followed if job_id is not None]
-        try:
-            current = await self._store.get_many(job_ids)
-            for snapshot in current:
-                channel = self._channels.get(snapshot.job_id)
-                if channel is not None:
-                    self._channels.observe(snapshot, epoch)
-                    self._push_snapshot(channel, snapshot)
-            every_job = self._channels.get(None)
-            if every_job is not None and (wanted is None or None in wanted):
-                await self._resync_dashboards(every_job)
-        except BrokerUnavailable:
-            # The broker reports the next gap once it is back, and this runs again.
-            log.warning("resync_failed", channels=len(followed))
+        for snapshot in await self._store.get_many(job_ids):
+            channel = self._channels.get(snapshot.job_id)
+            if channel is not None:
+                self._channels.observe(snapshot, epoch)
+                self._push_snapshot(channel, snapshot)
+        every_job = self._channels.get(None)
+        if every_job is not None and (wanted is None or None in wanted):
+            await self._resync_dashboards(every_job)
 
     async def _resync_dashboards(self, channel: Channel) -> None:
         named: set[str] = set()
@@ -143,5 +155,9 @@ class Delivery:
                 if mailbox.wants(snapshot.job_id):
                     mailbox.push(snapshot.job_id, dashboard_frame)
                 continue
-            mailbox.last_seq = max(mailbox.last_seq, snapshot.seq)
+            if snapshot.seq <= mailbox.last_seq:
+                # Live delivery got there first: the stream already shows this state or
+                # a newer one, and an older snapshot would move its bar backwards.
+                continue
+            mailbox.last_seq = snapshot.seq
             mailbox.push(snapshot.job_id, frame, seq=snapshot.seq, final=final)
