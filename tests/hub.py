@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,18 +92,26 @@ class ProcessHub:
 
 
 @contextmanager
-def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> Iterator[ProcessHub]:
+def spawn_hub(
+    env: Mapping[str, str],
+    *args: str,
+    log: Path | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "progress_hub.cli", "serve"),
+    cwd: Path = REPO,
+) -> Iterator[ProcessHub]:
     """Run `progress-hub serve` with `env` (PROGRESS_* variables) until the block ends.
 
     Args:
         log: a file that receives the hub's stdout and stderr (its log lines).
+        command: how to start `serve` (another venv's `progress-hub serve`, say).
+        cwd: the directory it runs in.
     """
     port = free_port()
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(port), *args],
+        [*command, "--port", str(port), *args],
         env={**os.environ, **env},
-        cwd=REPO,
+        cwd=cwd,
         stdout=output or subprocess.DEVNULL,
         stderr=output or subprocess.DEVNULL,
     )
