@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from progress_hub import metrics
 from progress_hub.auth import require_any_reader, require_publisher, require_reader
-from progress_hub.body import check_body_size, decode_body, read_body
+from progress_hub.body import check_body_limits, decode_body, read_body
 from progress_hub.fanout import Fanout
 from progress_hub.responses import json_response
 from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
@@ -32,7 +32,7 @@ async def create_job(request: Request) -> Response:
     """`POST /api/jobs` → 201 snapshot (with a token when subscriber auth is on)."""
     require_publisher(request)
     raw = await read_body(request)
-    check_body_size(raw)
+    check_body_limits(raw)
     spec = decode_body(raw, CREATE_DECODER, empty=CreateJob())
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
@@ -51,7 +51,7 @@ async def publish(request: Request) -> Response:
     require_publisher(request)
     job_id = path_job_id(request)
     raw = await read_body(request)
-    check_body_size(raw)
+    check_body_limits(raw)
     update = decode_body(raw, UPDATE_DECODER)
     store: JobStore = request.state.store
     fanout: Fanout = request.state.fanout

@@ -23,6 +23,7 @@ from pubsub.events import (
     Update,
     encode_meta,
 )
+from pubsub.nesting import check_nesting
 from pubsub.pipelines import Pipeline, PipelineRegistry
 
 # ETA needs a little history before it means anything: at least this long running
@@ -67,6 +68,7 @@ def new_record(
 
 def encode_result(result: Any) -> bytes:
     """Store a result as one kind byte and its body: text stays text, anything else JSON."""
+    check_nesting(result, "result")
     if isinstance(result, str):
         body = TEXT_RESULT + result.encode()
     else:
@@ -128,6 +130,10 @@ def apply_update(
 
     attempt = old.attempt if update.attempt is UNSET else update.attempt
     max_attempts = old.max_attempts if update.max_attempts is UNSET else update.max_attempts
+    if attempt is not None and max_attempts is not None and attempt > max_attempts:
+        raise InvalidUpdate(
+            f"attempt {attempt} is past max_attempts {max_attempts}", field="attempt"
+        )
     # Written when a retry is announced, not on every update while retrying: a heartbeat
     # must not overwrite what the pipeline said since ("Waiting 30 s before retrying").
     announced = update.status is not UNSET or update.attempt is not UNSET
@@ -265,6 +271,7 @@ def _eta(
 
 
 def _check_meta(meta: dict[str, Any]) -> None:
+    check_nesting(meta, "meta")
     try:
         encode_meta(meta)
     except ValueError as exc:

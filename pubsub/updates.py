@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from msgspec import UNSET
 
-from pubsub.errors import PayloadTooLarge
+from pubsub.errors import InvalidUpdate, PayloadTooLarge
 from pubsub.events import (
     MAX_ERROR_CHARS,
     MAX_MESSAGE_CHARS,
@@ -23,6 +23,7 @@ from pubsub.events import (
     encode_meta,
 )
 from pubsub.merge import encode_result
+from pubsub.nesting import check_nesting
 from pubsub.pipelines import Pipeline, Stage
 
 MERGE_STAGE: Final = "merge"
@@ -85,7 +86,11 @@ class UpdateBuilder:
         return Update(heartbeat=True)
 
     def meta(self, values: dict[str, Any]) -> Update:
-        """Caller metadata merged into the job's (8 KiB encoded at most)."""
+        """Caller metadata merged into the job's (8 KiB encoded, 32 levels deep at most)."""
+        try:
+            check_nesting(values, "meta")
+        except InvalidUpdate as exc:
+            raise ValueError(exc.reason) from None
         encode_meta(values)
         return Update(meta=values)
 
@@ -132,11 +137,13 @@ class UpdateBuilder:
         )
 
     def complete(self, result: Any, message: str | None) -> Update:
-        """Finish the job, with an optional text or JSON result (1 MiB at most)."""
+        """Finish the job, with an optional text or JSON result (1 MiB, 32 levels at most)."""
         if result is None:
             return Update(status=JobStatus.COMPLETED, message=_message(message))
         try:
             encode_result(result)
+        except InvalidUpdate as exc:
+            raise ValueError(exc.reason) from None
         except PayloadTooLarge as exc:
             raise ValueError(str(exc)) from None
         return Update(status=JobStatus.COMPLETED, result=result, message=_message(message))
