@@ -19,7 +19,7 @@ from progress_hub import watch
 from progress_hub.embedded import EmbeddedServer, NoServerBinary
 from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
-from progress_hub.settings import Settings
+from progress_hub.settings import Settings, comma_list
 from progress_hub.shutdown import HubServer, ShutdownNotice
 
 log = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     for f in fields(Settings):
         value = getattr(args, f.name, None)
         if value is not None and str(f.type).startswith("tuple"):
-            value = tuple(part.strip() for part in str(value).split(",") if part.strip())
+            value = comma_list(str(value))
         overrides[f.name] = value
     return Settings.load(overrides=overrides)
 

@@ -82,5 +82,10 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return comma_list(raw)
     return raw
+
+
+def comma_list(raw: str) -> tuple[str, ...]:
+    """`"a, b,,c"` → `("a", "b", "c")`: how a list setting is written, as a variable or a flag."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())

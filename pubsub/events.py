@@ -161,6 +161,11 @@ CREATE_DECODER: Final = msgspec.json.Decoder(CreateJob)
 ENCODER: Final = msgspec.json.Encoder()
 
 
+def encode_envelope(event: EventKind, snapshot_json: bytes) -> bytes:
+    """The `Envelope` of an already encoded snapshot, without encoding it a second time."""
+    return b'{"event":"%s","snapshot":%s}' % (event.value.encode(), snapshot_json)
+
+
 def is_valid_job_id(job_id: str) -> bool:
     """True when `job_id` matches the contract's pattern."""
     return _JOB_ID_RE.fullmatch(job_id) is not None

@@ -33,10 +33,6 @@ class Stage(msgspec.Struct, frozen=True, kw_only=True):
     expected_seconds: float | None = None
     chunks: bool = False
 
-    def percent_at(self, fraction: float) -> float:
-        """Map progress inside this stage (0-1) onto the job's percent."""
-        return self.start + (self.end - self.start) * min(max(fraction, 0.0), 1.0)
-
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
