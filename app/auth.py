@@ -1,4 +1,5 @@
-"""Who may write (publish key, else loopback only) and who may read (subscriber tokens)."""
+"""Who may write (publish key, else loopback only), who may read (subscriber tokens), and
+who may ask to cancel a job (either, docs/api.md §9)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,48 @@ def require_reader(request: Request, job_ids: Iterable[str] | None = None) -> To
 def require_any_reader(request: Request) -> None:
     """Allow a read of job-independent data (pipelines, metrics) by any valid token."""
     reader_claims(request)
+
+
+def require_canceller(request: Request, job_id: str | None) -> None:
+    """Allow a cancel request for `job_id` (None: any job the caller's token names).
+
+    The publish key, or a subscriber token carrying the cancel right; with neither a key
+    nor a secret configured, loopback clients only (docs/api.md §9).
+    """
+    settings: Settings = request.state.settings
+    key, secret = settings.publish_key, settings.subscriber_secret
+    if key is None and secret is None:
+        if not _is_loopback(request):
+            raise AccessDenied(
+                "With no publish key or subscriber secret, only loopback clients may cancel."
+            )
+        return
+    bearer = _bearer(request)
+    if (
+        key is not None
+        and bearer is not None
+        and hmac.compare_digest(bearer.encode(), key.encode())
+    ):
+        return
+    token = request.query_params.get("token") or bearer
+    if token is None:
+        raise AccessDenied(
+            "Cancelling needs the publish key or a subscriber token with the cancel right.",
+            authenticated=False,
+        )
+    if secret is None:
+        raise AccessDenied("The publish key is not valid.")
+    claims = verify_token(secret, token)
+    if job_id is not None and not claims.allows(job_id):
+        raise AccessDenied(f"This token may not read job {job_id!r}.")
+    if not claims.cancel:
+        raise AccessDenied("This token does not carry the right to cancel.")
+
+
+def may_cancel(request: Request, job_id: str | None) -> bool:
+    """Whether `require_canceller` would let this caller cancel (for the dashboard)."""
+    try:
+        require_canceller(request, job_id)
+    except AccessDenied:
+        return False
+    return True

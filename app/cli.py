@@ -144,7 +144,7 @@ def token(args: argparse.Namespace) -> int:
     if not secret:
         print("progress-hub: set PROGRESS_SUBSCRIBER_SECRET or --secret", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(issue_token(secret, args.job or ["*"], args.ttl))
+    print(issue_token(secret, args.job or ["*"], args.ttl, can_cancel=args.can_cancel))
     return 0
 
 
@@ -159,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok.add_argument("--job", action="append", help="job id the token may read ('*': all)")
     tok.add_argument("--ttl", type=float, default=3600.0, help="seconds the token lives")
     tok.add_argument("--secret", default=None, help="default: PROGRESS_SUBSCRIBER_SECRET")
+    tok.add_argument(
+        "--can-cancel", action="store_true", help="the token may also ask to cancel those jobs"
+    )
     demo = sub.add_parser("demo", help="run simulated pipelines against a broker")
     demo.add_argument("--broker-url", default=os.environ.get("PROGRESS_BROKER_URL"))
     demo.add_argument("--speed", default=None, help="run this many times faster")

@@ -128,6 +128,12 @@ def components() -> Schema:
             },
             "additionalProperties": False,
         },
+        "Access": {
+            "type": "object",
+            "required": ["can_cancel"],
+            "properties": {"can_cancel": {"type": "boolean"}},
+            "additionalProperties": False,
+        },
         "Status": {
             "type": "object",
             "required": ["status"],

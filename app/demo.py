@@ -18,6 +18,7 @@ the jobs they left unfinished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ import structlog
 
 from progress_hub.logs import configure_logging
 from pubsub.broker import open_broker
-from pubsub.errors import BrokerUnavailable
+from pubsub.errors import BrokerUnavailable, JobCancelled
 from pubsub.events import ACTIVE_STATUSES, JobStatus, Update
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
@@ -92,7 +93,10 @@ class DemoConfig:
 
 
 async def _video(config: DemoConfig, job_id: str) -> None:
-    async with Tracker.connect(config.broker_url, job_id, pipeline="video") as job:
+    # Cancel from the dashboard stops it at its next call (docs/api.md §9).
+    async with Tracker.connect(
+        config.broker_url, job_id, pipeline="video", raise_on_cancel=True
+    ) as job:
         await job.meta(title="Weekly cooking show, episode 12", source="youtube")
         await job.start("Queued for processing")
         await job.stage("downloading", expected_seconds=4 / config.speed)
@@ -118,7 +122,10 @@ async def _video(config: DemoConfig, job_id: str) -> None:
 
 def video_job(config: DemoConfig, job_id: str) -> None:
     """A video walking every stage of the `video` pipeline (async tracker)."""
-    anyio.run(_video, config, job_id)
+    try:
+        anyio.run(_video, config, job_id)
+    except JobCancelled:
+        pass  # someone pressed Cancel: the tracker recorded the job cancelled
 
 
 def ocr_job(config: DemoConfig, job_id: str) -> None:
@@ -172,7 +179,12 @@ def _ocr_worker(config: DemoConfig, job_id: str, indexes: list[int], parent_pid:
 
 def summary_job(config: DemoConfig, job_id: str) -> None:
     """A summary that times out fetching the transcript twice, then succeeds."""
-    with SyncTracker.connect(config.broker_url, job_id, pipeline="summary") as job:
+    with (
+        contextlib.suppress(JobCancelled),  # Cancel pressed: recorded cancelled on the way out
+        SyncTracker.connect(
+            config.broker_url, job_id, pipeline="summary", raise_on_cancel=True
+        ) as job,
+    ):
         job.meta(video="Keynote: the state of the web")
         job.start()
         for attempt in range(1, SUMMARY_ATTEMPTS + 1):

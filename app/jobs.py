@@ -1,4 +1,4 @@
-"""Writes and job resources: create, publish, delete, result, history, pipelines."""
+"""Writes and job resources: create, publish, cancel, delete, result, history, pipelines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from progress_hub import metrics
-from progress_hub.auth import require_any_reader, require_publisher, require_reader
+from progress_hub.auth import (
+    may_cancel,
+    require_any_reader,
+    require_canceller,
+    require_publisher,
+    require_reader,
+)
 from progress_hub.body import check_body_limits, decode_body, read_body
 from progress_hub.fanout import Fanout
 from progress_hub.responses import json_response
@@ -62,6 +68,30 @@ async def publish(request: Request) -> Response:
     metrics.EVENTS_PUBLISHED.inc()
     metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return json_response({"job_id": job_id, "seq": snapshot.seq}, status_code=202)
+
+
+async def cancel_job(request: Request) -> Response:
+    """`POST /api/jobs/{job_id}/cancel` → 202 `{"job_id", "seq"}` (docs/api.md §9)."""
+    job_id = path_job_id(request)
+    require_canceller(request, job_id)
+    store: JobStore = request.state.store
+    fanout: Fanout = request.state.fanout
+    epoch = fanout.epoch
+    snapshot = await store.request_cancel(job_id)
+    fanout.observe(snapshot, epoch)
+    return json_response({"job_id": job_id, "seq": snapshot.seq}, status_code=202)
+
+
+async def access(request: Request) -> Response:
+    """`GET /api/access?job=ID` → `{"can_cancel": bool}`: what this caller may do.
+
+    The dashboard asks, to show a Cancel button only where pressing it would work: the
+    answer applies the very rule of `POST /api/jobs/{job_id}/cancel` to this request.
+    """
+    job = request.query_params.get("job")
+    if job is not None:
+        check_job_id(job)
+    return json_response({"can_cancel": may_cancel(request, job)})
 
 
 async def delete_job(request: Request) -> Response:

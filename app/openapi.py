@@ -82,6 +82,7 @@ _TOKEN_PARAM: Final = {
 }
 _READERS: Final[list[Schema]] = [{"subscriberToken": []}, {"subscriberTokenQuery": []}, {}]
 _WRITERS: Final[list[Schema]] = [{"publishKey": []}, {}]
+_CANCELLERS: Final[list[Schema]] = [{"publishKey": []}, *_READERS]
 
 _SSE_EVENT_NAMES: Final = ["snapshot", "progress", "end", "deleted"]
 
@@ -231,6 +232,27 @@ def _job_paths() -> Schema:
                 },
             },
         },
+        "/api/jobs/{job_id}/cancel": {
+            "parameters": [_JOB_ID_PARAM],
+            "post": {
+                "summary": "Ask the job's worker to cancel it (docs/api.md §9)",
+                "description": "The snapshot gains `cancel_requested: true` (a new seq; asking "
+                "again changes nothing); the job stays as it is until its worker ends it.",
+                "security": _CANCELLERS,
+                "parameters": [_TOKEN_PARAM],
+                "responses": {
+                    **_COMMON,
+                    **_JOB,
+                    "202": _json(ref("Accepted"), "Requested"),
+                    "401": _error("Neither the publish key nor a token given"),
+                    "403": _error(
+                        "Wrong key or token, a token without the cancel right, or "
+                        "not loopback while neither key nor secret is configured"
+                    ),
+                    "409": _error("The job is terminal"),
+                },
+            },
+        },
         "/api/jobs/{job_id}/history": {
             "parameters": [_JOB_ID_PARAM],
             "get": {
@@ -309,8 +331,7 @@ def _other_paths() -> Schema:
                     {
                         "name": "job",
                         "in": "query",
-                        "description": "Only these jobs (an id no job can have matches "
-                        "nothing)",
+                        "description": "Only these jobs (an id no job can have matches nothing)",
                         "schema": {
                             "type": "array",
                             "items": {"type": "string"},
@@ -327,6 +348,24 @@ def _other_paths() -> Schema:
                         "Snapshots of every (or each filtered) job", resumable=False
                     ),
                     "400": _error("A bad job filter"),
+                },
+            }
+        },
+        "/api/access": {
+            "get": {
+                "summary": "What this caller may do: may it cancel (this job)?",
+                "parameters": [
+                    {
+                        "name": "job",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
+                    },
+                    _TOKEN_PARAM,
+                ],
+                "responses": {
+                    "431": _COMMON["431"],
+                    "200": _json(ref("Access"), "The caller's rights"),
+                    "400": _error("Invalid job id"),
                 },
             }
         },

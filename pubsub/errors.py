@@ -32,6 +32,16 @@ class JobTerminal(ProgressError):
         super().__init__(f"Job {job_id!r} is {status} and accepts no further updates.")
 
 
+class JobCancelled(ProgressError):
+    """Raised into pipeline code by a tracker made with `raise_on_cancel=True` once the job
+    was asked to cancel (docs/api.md §9); leaving the tracker's `with` block with it
+    records the job `cancelled`."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"Job {job_id!r} was asked to cancel.")
+
+
 class InvalidUpdate(ProgressError):
     """An update, job id or query failed validation; nothing was changed."""
 

@@ -93,6 +93,8 @@ class Snapshot(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     created_at: float
     updated_at: float
     stalled: bool = False
+    cancel_requested: bool = False
+    """Someone asked to cancel the job (docs/api.md §9); its worker has not ended it yet."""
 
     @property
     def is_terminal(self) -> bool:

@@ -198,6 +198,18 @@ def mark_stalled(record: JobRecord) -> JobRecord:
     return msgspec.structs.replace(record, snapshot=snapshot)
 
 
+def request_cancel(record: JobRecord) -> JobRecord:
+    """The record with `cancel_requested` set (docs/api.md §9): a new seq, so streams and
+    polls learn of it, and every later update keeps it (`apply_update` copies the old
+    snapshot). Only the job's worker ends it; until then it keeps its status. The request
+    is not news from the worker, so `updated_at` and `stalled` stay as they were."""
+    old = record.snapshot
+    if old.is_terminal:
+        raise JobTerminal(old.job_id, old.status)
+    snapshot = msgspec.structs.replace(old, seq=old.seq + 1, cancel_requested=True)
+    return msgspec.structs.replace(record, snapshot=snapshot)
+
+
 def _retry_message(attempt: int, max_attempts: int | None) -> str:
     of = f"/{max_attempts}" if max_attempts is not None else ""
     return f"Retrying... ({attempt}{of})"

@@ -19,6 +19,11 @@ How it keeps its promises (issue 3, API.md §2):
   (STYLE.md). With `raise_on_outage=True` calls raise while the broker is known to be
   down; what they asked for is still kept and flushed later.
 - Auto-advance (`pubsub.autoadvance`) runs on the sender's timer until the next update.
+- Cancel requests (docs/api.md §9, `pubsub.cancel`): learnt from each publish's answer,
+  or by one read per `cancel_poll_interval` while the job is silent, on the sender's
+  timer. `cancel_requested` then reads true; with `raise_on_cancel=True` every later call
+  but `cancel`/`fail`/`complete` raises `JobCancelled`, and `async with` left with
+  `JobCancelled` records the job `cancelled`.
 - Leaving `async with` flushes (waiting at most `close_timeout` s), then cancels the
   sender and closes the connection the tracker opened: nothing is left running.
 
@@ -43,8 +48,16 @@ from msgspec import UNSET
 from pubsub.autoadvance import AutoAdvance
 from pubsub.backoff import Outage
 from pubsub.broker import open_broker
+from pubsub.cancel import DEFAULT_CANCEL_POLL_SECONDS, CancelWatch, check_poll_interval
 from pubsub.coalesce import Backlog
-from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobTerminal, PayloadTooLarge
+from pubsub.errors import (
+    BrokerUnavailable,
+    InvalidUpdate,
+    JobCancelled,
+    JobNotFound,
+    JobTerminal,
+    PayloadTooLarge,
+)
 from pubsub.events import Snapshot, Update, is_valid_job_id
 from pubsub.pipelines import PipelineRegistry
 from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION, JobStore
@@ -73,6 +86,8 @@ class Tracker:
         coalesce: float = DEFAULT_COALESCE_SECONDS,
         raise_on_outage: bool = False,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        raise_on_cancel: bool = False,
+        cancel_poll_interval: float | None = DEFAULT_CANCEL_POLL_SECONDS,
     ) -> None:
         """Bind a tracker to one job of `store`.
 
@@ -83,6 +98,9 @@ class Tracker:
         coalesce: seconds within which consecutive updates merge into one publish.
         raise_on_outage: raise `BrokerUnavailable` from calls while the broker is down.
         close_timeout: how long leaving `async with` waits for queued updates to go out.
+        raise_on_cancel: once the job was asked to cancel, calls raise `JobCancelled`.
+        cancel_poll_interval: seconds of silence after which the tracker reads the job to
+            learn of a cancel request (one read per interval; None: only from publishes).
         """
         if job_id is not None and not is_valid_job_id(job_id):
             raise ValueError(f"job id {job_id!r} must be 1-128 letters, digits or ._:-")
@@ -108,6 +126,8 @@ class Tracker:
         self._last_publish = -math.inf
         self._outage = Outage()
         self._auto: AutoAdvance | None = None
+        self._raise_on_cancel = raise_on_cancel
+        self._cancel = CancelWatch(interval=check_poll_interval(cancel_poll_interval))
         self.snapshot: Snapshot | None = None
         """The job as the hub last acknowledged it (None before the first publish)."""
 
@@ -124,6 +144,8 @@ class Tracker:
         coalesce: float = DEFAULT_COALESCE_SECONDS,
         raise_on_outage: bool = False,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        raise_on_cancel: bool = False,
+        cancel_poll_interval: float | None = DEFAULT_CANCEL_POLL_SECONDS,
     ) -> Tracker:
         """A tracker with a broker connection of its own, closed when it exits.
 
@@ -144,6 +166,8 @@ class Tracker:
             coalesce=coalesce,
             raise_on_outage=raise_on_outage,
             close_timeout=close_timeout,
+            raise_on_cancel=raise_on_cancel,
+            cancel_poll_interval=cancel_poll_interval,
         )
         tracker._owns_broker = True
         return tracker
@@ -152,6 +176,11 @@ class Tracker:
     def outage(self) -> bool:
         """True while the broker is unreachable and updates wait to be flushed."""
         return self._outage.ongoing
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the tracker learnt that someone asked to cancel the job."""
+        return self._cancel.requested
 
     @property
     def ended(self) -> bool:
@@ -264,6 +293,7 @@ class Tracker:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
+        self._cancel.start(_now())
         task_group.start_soon(self._send_forever)
         return self
 
@@ -275,8 +305,12 @@ class Tracker:
     ) -> None:
         try:
             # Only errors fail the job: a cancelled or interrupted worker may be retried.
+            # A pipeline stopping on a cancel request did what was asked: it is cancelled.
             if isinstance(exc, Exception) and not self._ended and not self._closed:
-                await self.fail(str(exc) or type(exc).__name__)
+                if isinstance(exc, JobCancelled):
+                    await self.cancel()
+                else:
+                    await self.fail(str(exc) or type(exc).__name__)
             await self.aclose()
         finally:
             if self._task_group is not None:
@@ -296,6 +330,9 @@ class Tracker:
         if self._ended:
             log.warning("tracker_call_after_end", job_id=self.job_id)
             return
+        if self._raise_on_cancel and self._cancel.requested and not ends:
+            assert self.job_id is not None
+            raise JobCancelled(self.job_id)
         if _moves(update):
             # Real progress (or a new stage, or a status) ends the current auto-advance.
             self._auto = None
@@ -332,6 +369,8 @@ class Tracker:
             self._tick_auto_advance(now)
             if len(self._backlog) and now >= self._flush_due():
                 await self._publish_backlog()
+            elif not len(self._backlog) and not self._ended and self._cancel.due(now):
+                await self._read_cancel_request()
             elif not len(self._backlog) and not self._publishing and self._idle is not None:
                 self._idle.set()
 
@@ -344,6 +383,9 @@ class Tracker:
 
     def _next_due(self) -> float:
         due = self._flush_due() if len(self._backlog) else math.inf
+        if not len(self._backlog) and not self._ended:
+            # A publish is an answer too: the silent-job read is only for silence.
+            due = min(due, self._cancel.next_due)
         if self._auto is not None:
             due = min(due, self._auto.next_tick)
         return due
@@ -363,9 +405,10 @@ class Tracker:
                 entry = self._backlog.take()
                 assert entry is not None
                 try:
-                    self.snapshot = await self._store.publish(
+                    snapshot = await self._store.publish(
                         self.job_id, entry.update, pipeline=self.pipeline
                     )
+                    self.snapshot = snapshot
                 except BrokerUnavailable as exc:
                     self._backlog.put_back(entry)
                     self._outage_began(exc)
@@ -384,6 +427,7 @@ class Tracker:
                     # At once, not after the backlog: a reader may see this snapshot
                     # before the loop ends, and calls made then must not raise.
                     self._outage_ended()
+                    self._heard(snapshot)
             self._outage_ended()  # the broker answered, even if it rejected every update
             self._flush_now = False
         finally:
@@ -391,6 +435,22 @@ class Tracker:
             self._last_publish = _now()
             if self._idle is not None and not len(self._backlog):
                 self._idle.set()
+
+    async def _read_cancel_request(self) -> None:
+        """The silent job's one read per interval: has anyone asked to cancel it?"""
+        assert self._store is not None and self.job_id is not None
+        try:
+            snapshot = await self._store.get(self.job_id)
+        except (BrokerUnavailable, JobNotFound):
+            # Nothing to learn now (the broker is away, the job not yet published or
+            # deleted); look again after the interval.
+            self._cancel.start(_now())
+            return
+        self._heard(snapshot)
+
+    def _heard(self, snapshot: Snapshot) -> None:
+        if self._cancel.heard(snapshot, _now()):
+            log.info("job_cancel_requested", job_id=self.job_id, seq=snapshot.seq)
 
     def _outage_began(self, exc: BrokerUnavailable) -> None:
         if self._outage.failed(_now()):

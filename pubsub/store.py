@@ -36,6 +36,7 @@ from pubsub.merge import (
     encode_result,
     mark_stalled,
     new_record,
+    request_cancel,
 )
 from pubsub.pipelines import PipelineRegistry
 
@@ -147,6 +148,28 @@ class JobStore:
                 self._remember(merged)
                 return merged.snapshot
             cached = None
+            record = RECORD_DECODER.decode(current) if current else None
+        raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
+
+    async def request_cancel(self, job_id: str) -> Snapshot:
+        """Ask a job's worker to cancel it (docs/api.md §9): its snapshot gains
+        `cancel_requested`. Asking again changes nothing and returns the current snapshot;
+        `JobNotFound` if unknown, `JobTerminal` once it has ended."""
+        check_job_id(job_id)
+        record = await self._load(job_id)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            if record is None:
+                raise JobNotFound(job_id)
+            if record.snapshot.cancel_requested and not record.snapshot.is_terminal:
+                return record.snapshot
+            merged = request_cancel(record)
+            committed, current = await self.broker.commit(
+                self._commit(merged, expected_seq=record.snapshot.seq)
+            )
+            if committed:
+                self._remember(merged)
+                log.info("job_cancel_requested", job_id=job_id, seq=merged.snapshot.seq)
+                return merged.snapshot
             record = RECORD_DECODER.decode(current) if current else None
         raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
 

@@ -32,6 +32,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import anyio
 
+from pubsub.errors import JobCancelled
 from pubsub.events import Snapshot
 from pubsub.pipelines import PipelineRegistry
 from pubsub.publisher import Tracker
@@ -46,6 +47,8 @@ class TrackerOptions(TypedDict, total=False):
     coalesce: float
     raise_on_outage: bool
     close_timeout: float
+    raise_on_cancel: bool
+    cancel_poll_interval: float | None
 
 
 T = TypeVar("T")
@@ -187,6 +190,11 @@ class SyncTracker:
         return self._tracker.outage
 
     @property
+    def cancel_requested(self) -> bool:
+        """True once the tracker learnt that someone asked to cancel the job."""
+        return self._tracker.cancel_requested
+
+    @property
     def ended(self) -> bool:
         """True once the job reached an end state; later calls are ignored."""
         return self._tracker.ended
@@ -285,7 +293,11 @@ class SyncTracker:
     ) -> None:
         try:
             if isinstance(exc, Exception) and not self.ended and self._loop is not None:
-                self.fail(str(exc) or type(exc).__name__)
+                # Stopping on a cancel request is what was asked (docs/api.md §9).
+                if isinstance(exc, JobCancelled):
+                    self.cancel()
+                else:
+                    self.fail(str(exc) or type(exc).__name__)
         finally:
             self.close()
 

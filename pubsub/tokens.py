@@ -1,7 +1,9 @@
 """Subscriber tokens: HMAC-SHA256-signed claims naming the jobs a reader may follow.
 
 A token is `<payload>.<signature>`, both base64url without padding; the payload is JSON
-`{"jobs": [...], "exp": <unix seconds>}` where `"*"` in jobs allows every job.
+`{"jobs": [...], "exp": <unix seconds>}` where `"*"` in jobs allows every job, plus
+`"cancel": true` for a token that may also ask to cancel those jobs (docs/api.md §9).
+The claim is left out of tokens without the right, so they read as before.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ ALL_JOBS: Final = "*"
 MAX_TOKEN_CHARS: Final = 8192
 
 
-class TokenClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TokenClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What a valid token allows, and until when."""
 
     jobs: list[str]
     exp: float
+    cancel: bool = False
+    """The token may also ask to cancel the jobs it may read."""
 
     def allows(self, job_id: str) -> bool:
         """True when the token may read `job_id`."""
@@ -53,9 +57,19 @@ def _sign(secret: str, payload: str) -> bytes:
 
 
 def issue_token(
-    secret: str, job_ids: Iterable[str], ttl: float, *, now: float | None = None
+    secret: str,
+    job_ids: Iterable[str],
+    ttl: float,
+    *,
+    can_cancel: bool = False,
+    now: float | None = None,
 ) -> str:
-    """A token allowing `job_ids` (or `["*"]`) to be read for `ttl` seconds."""
+    """A token allowing `job_ids` (or `["*"]`) to be read for `ttl` seconds.
+
+    Args:
+        can_cancel: the token may also ask to cancel those jobs (`POST
+            /api/jobs/{job_id}/cancel`, docs/api.md §9).
+    """
     if not secret:
         raise ValueError("a subscriber secret is needed to issue tokens")
     if ttl <= 0:
@@ -64,7 +78,7 @@ def issue_token(
     if not jobs:
         raise ValueError("a token must name at least one job id, or '*'")
     issued = time.time() if now is None else now
-    payload = _b64(msgspec.json.encode(TokenClaims(jobs=jobs, exp=issued + ttl)))
+    payload = _b64(msgspec.json.encode(TokenClaims(jobs=jobs, exp=issued + ttl, cancel=can_cancel)))
     return f"{payload}.{_sign(secret, payload).decode()}"
 
 

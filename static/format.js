@@ -66,6 +66,10 @@ export function formatChunks(chunks) {
  * @returns {{label: string, tone: string}}
  */
 export function statusBadge(job) {
+  // Asked to cancel, not yet ended by its worker (docs/api.md §9): that is the news.
+  if (job.cancel_requested && !['completed', 'failed', 'cancelled'].includes(job.status)) {
+    return { label: 'Cancelling…', tone: 'cancelling' };
+  }
   if (job.stalled && (job.status === 'running' || job.status === 'queued')) {
     return { label: 'stalled', tone: 'stalled' };
   }
@@ -74,6 +78,18 @@ export function statusBadge(job) {
     return { label: job.attempt ? `retrying, attempt ${job.attempt}${of}` : 'retrying', tone: 'retrying' };
   }
   return { label: job.status, tone: job.status };
+}
+
+/**
+ * The stage's words and the message, each once: a message that only repeats the
+ * stage label ("Merging OCR results" twice) is left out.
+ * @param {{stage_label: string|null, stage: string|null, message: string}} job
+ * @returns {{stage: string, message: string}}
+ */
+export function stageAndMessage(job) {
+  const stage = job.stage_label || job.stage || '';
+  const message = job.message || '';
+  return { stage, message: message.trim() === stage.trim() ? '' : message };
 }
 
 /**

@@ -8,7 +8,8 @@
  *
  * @module job-list
  */
-import { createCard, renderAgo, renderCard } from './job-card.js';
+import { mayCancel, requestCancel } from './cancel.js';
+import { createCard, renderAgo, renderCard, setCanCancel } from './job-card.js';
 
 const ACTIVE = new Set(['queued', 'running', 'retrying']);
 const FILTERS = ['', 'active', 'queued', 'running', 'retrying', 'completed', 'failed', 'cancelled'];
@@ -43,6 +44,11 @@ export class JobList {
     this.removals = new Set();
     this.filter = '';
     this.frame = 0;
+    this.canCancel = false; // until the hub says this page may (cancel.js)
+    mayCancel({ token: this.token() }).then((allowed) => {
+      this.canCancel = allowed;
+      for (const card of this.cards.values()) setCanCancel(card, allowed);
+    });
   }
 
   /** Record a snapshot; drawn at the next animation frame. Older seqs are ignored. */
@@ -85,7 +91,7 @@ export class JobList {
         card = undefined;
       }
       if (!card) card = this.place(job);
-      renderCard(card, job, { token: this.token(), now });
+      renderCard(card, job, { token: this.token(), now, canCancel: this.canCancel });
       card.el.hidden = !matchesFilter(job.status, this.filter);
     }
     this.pending.clear();
@@ -94,7 +100,10 @@ export class JobList {
 
   /** Create a row and insert it at its sorted position (binary search). */
   place(job) {
-    const card = createCard(this.template, { linked: true });
+    const card = createCard(this.template, {
+      linked: true,
+      onCancel: (jobId) => requestCancel(jobId, this.token()),
+    });
     card.snapshot = job;
     let low = 0;
     let high = this.order.length;

@@ -7,10 +7,16 @@
  * history answer predates the stream's first event) the history is fetched
  * again to fill it, so the log stays complete whichever way updates came.
  *
+ * Above the log, a chart of progress over time (progress-chart.js) drawn from
+ * the same entries, redrawn at most once per animation frame. Each log line
+ * shows the error only where it appears or changes, not on every later line.
+ *
  * @module job-view
  */
-import { formatClock, formatPercent, statusBadge } from './format.js';
-import { createCard, renderAgo, renderCard } from './job-card.js';
+import { mayCancel, requestCancel } from './cancel.js';
+import { formatClock, formatPercent, stageAndMessage, statusBadge } from './format.js';
+import { createCard, renderAgo, renderCard, setCanCancel } from './job-card.js';
+import { chartModel, describeChart, renderChart } from './progress-chart.js';
 import { buildUrl, watchJob } from './progress-client.js';
 
 const GAP_REFETCH_DELAY_MS = 300;
@@ -31,6 +37,9 @@ export class JobView {
     Object.assign(this, parts);
     this.jobId = null;
     this.handle = null;
+    this.chart = this.section.querySelector('[data-chart]');
+    this.chartSummary = this.section.querySelector('.chart-summary');
+    this.chartFrame = 0;
   }
 
   /** Show `jobId`, following it live; replaces whatever job was shown. */
@@ -46,7 +55,8 @@ export class JobView {
     this.missing.hidden = true;
     this.result.hidden = true;
     this.log.replaceChildren();
-    this.card = createCard(this.template, { linked: false });
+    this.canCancel = false;
+    this.card = createCard(this.template, { linked: false, onCancel: (id) => requestCancel(id, token) });
     this.detail.replaceChildren(this.card.el);
     this.card.el.hidden = true;
     this.section.hidden = false;
@@ -65,12 +75,20 @@ export class JobView {
       onModeChange: (mode) => this.jobId === opened && this.onModeChange(mode),
     });
     this.loadHistory();
+    this.drawChartSoon();
+    mayCancel({ jobId, token }).then((allowed) => {
+      if (this.jobId !== opened) return;
+      this.canCancel = allowed;
+      setCanCancel(this.card, allowed);
+    });
   }
 
   /** Stop following; the section is hidden by the router. */
   close() {
     if (this.handle) this.handle.close();
     clearTimeout(this.refetchTimer);
+    cancelAnimationFrame(this.chartFrame);
+    this.chartFrame = 0;
     this.handle = null;
     this.jobId = null;
   }
@@ -99,7 +117,7 @@ export class JobView {
   update(job) {
     const newest = this.card.snapshot;
     if (!newest || job.seq >= newest.seq || job.created_at !== newest.created_at) {
-      renderCard(this.card, job, { token: this.token, now: Date.now() / 1000 });
+      renderCard(this.card, job, { token: this.token, now: Date.now() / 1000, canCancel: this.canCancel });
       this.card.el.hidden = false;
       this.result.hidden = !job.has_result;
       if (job.has_result) {
@@ -124,14 +142,30 @@ export class JobView {
   addEntry(job) {
     if (this.entries.has(job.seq)) return;
     this.entries.set(job.seq, job);
-    const item = logItem(job);
+    this.drawChartSoon();
     if (job.seq > this.highestSeq) {
-      this.highestSeq = job.seq; // the usual case: a new event goes last
-      this.log.append(item);
+      // The usual case: a new event goes last, after the newest logged one.
+      const before = this.highestSeq ? this.entries.get(this.highestSeq) : null;
+      this.highestSeq = job.seq;
+      this.log.append(logItem(job, before));
       return;
     }
     const after = [...this.log.children].find((node) => Number(node.dataset.seq) > job.seq);
-    this.log.insertBefore(item, after || null);
+    const previous = after ? after.previousElementSibling : this.log.lastElementChild;
+    this.log.insertBefore(logItem(job, previous ? this.entries.get(Number(previous.dataset.seq)) : null), after || null);
+    // The line after it compared its error with an older event: compare again.
+    if (after) after.replaceWith(logItem(this.entries.get(Number(after.dataset.seq)), job));
+  }
+
+  /** Redraw the chart at the next frame (a replayed history is many entries at once). */
+  drawChartSoon() {
+    if (this.chartFrame || !this.chart) return;
+    this.chartFrame = requestAnimationFrame(() => {
+      this.chartFrame = 0;
+      const model = chartModel([...this.entries.values()]);
+      renderChart(this.chart, model);
+      if (this.chartSummary) this.chartSummary.textContent = describeChart(model);
+    });
   }
 
   showMissing(message) {
@@ -145,8 +179,12 @@ export class JobView {
   }
 }
 
-/** One event-log line: time, seq, percent, then status, stage, message and error. */
-function logItem(job) {
+/**
+ * One event-log line: time, seq, percent, then status, stage, message and error.
+ * The error shows only where it appears or changes since `previous` (the
+ * snapshot keeps it on every later event, docs/api.md §1).
+ */
+function logItem(job, previous) {
   const item = document.createElement('li');
   item.dataset.seq = String(job.seq);
   const cell = (className, text) => {
@@ -157,9 +195,10 @@ function logItem(job) {
   };
   const text = cell('log-text', '');
   text.append(cell('log-status', statusBadge(job).label));
-  const words = [job.stage_label || job.stage, job.message].filter(Boolean).join(': ');
+  const { stage, message } = stageAndMessage(job);
+  const words = [stage, message].filter(Boolean).join(': ');
   if (words) text.append(` ${words}`);
-  if (job.error) text.append(' ', cell('log-error', job.error));
+  if (job.error && (!previous || previous.error !== job.error)) text.append(' ', cell('log-error', job.error));
   item.append(
     cell('log-time', formatClock(job.updated_at)),
     cell('log-seq', `#${job.seq}`),

@@ -44,6 +44,8 @@ export interface Snapshot {
   created_at: number;
   updated_at: number;
   stalled: boolean;
+  /** Someone asked to cancel the job; its worker has not ended it yet (docs/api.md §9). */
+  cancel_requested: boolean;
 }
 
 /** Replaceable pieces of the runtime, for tests and non-browser hosts. */

@@ -251,14 +251,14 @@ def test_hub_from_the_wheel_serves_the_dashboard_beside_a_user_app_package(
     out = server_installed.run(
         """
         import app, progress_hub.main, pubsub
-        print(app.NAME, progress_hub.main.STATIC_DIR.is_dir(), pubsub.Tracker.__name__)
+        print(app.NAME, progress_hub.main.STATIC_DIR.is_dir(), pubsub.JobCancelled.__name__)
         print(progress_hub.main.__file__)
         """,
         cwd=user_project,
         PYTHONPATH=str(user_project),
     )
     names, where = out.strip().splitlines()
-    assert names == "the user's own app True Tracker"
+    assert names == "the user's own app True JobCancelled"
     assert where.startswith(str(server_installed.site)), "the hub came from somewhere else"
 
     # The user's project on the path, as when the hub runs inside it.

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { formatAgo, formatChunks, formatEta, formatPercent, statusBadge } from '../../static/format.js';
+import { formatAgo, formatChunks, formatEta, formatPercent, stageAndMessage, statusBadge } from '../../static/format.js';
 
 test('formatPercent rounds down and clamps', () => {
   assert.deepEqual([0, 41.9, 99.99, 100, 140, -3, null].map(formatPercent), ['0%', '41%', '99%', '100%', '100%', '0%', '0%']);
@@ -54,4 +54,19 @@ test('statusBadge names retrying attempts and stalled jobs', () => {
     tone: 'retrying',
   });
   assert.deepEqual(statusBadge(job({ status: 'failed', stalled: true })), { label: 'failed', tone: 'failed' });
+});
+
+test('statusBadge says Cancelling… while a cancel request waits for the worker', () => {
+  const job = (fields) => ({ status: 'running', stalled: false, attempt: null, max_attempts: null, cancel_requested: true, ...fields });
+  assert.deepEqual(statusBadge(job({})), { label: 'Cancelling…', tone: 'cancelling' });
+  assert.deepEqual(statusBadge(job({ stalled: true })), { label: 'Cancelling…', tone: 'cancelling' });
+  assert.deepEqual(statusBadge(job({ status: 'cancelled' })), { label: 'cancelled', tone: 'cancelled' });
+  assert.deepEqual(statusBadge(job({ status: 'completed' })), { label: 'completed', tone: 'completed' });
+});
+
+test('stageAndMessage prints a message that repeats the stage label once', () => {
+  const merge = { stage: 'merge', stage_label: 'Merging OCR results', message: 'Merging OCR results' };
+  assert.deepEqual(stageAndMessage(merge), { stage: 'Merging OCR results', message: '' });
+  assert.deepEqual(stageAndMessage({ ...merge, message: 'Page 3 of 9' }), { stage: 'Merging OCR results', message: 'Page 3 of 9' });
+  assert.deepEqual(stageAndMessage({ stage: null, stage_label: null, message: 'Hello' }), { stage: '', message: 'Hello' });
 });
