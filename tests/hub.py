@@ -8,12 +8,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import uvicorn
@@ -21,18 +19,10 @@ import uvicorn
 from progress_hub.embedded import free_port, stop_process
 from progress_hub.main import create_app
 from progress_hub.settings import Settings
+from tests.conditions import wait_until
 
 START_TIMEOUT = 15.0
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_until(condition: Any, timeout: float, message: str, interval: float = 0.01) -> None:
-    """Wait for `condition()` to be true, failing with `message` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(message)
-        time.sleep(interval)
 
 
 @dataclass

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hub import REPO, spawn_hub, wait_until
+from tests.conditions import wait_until
+from tests.hub import REPO, spawn_hub
 
 
 def _env_without_progress_settings() -> dict[str, str]:

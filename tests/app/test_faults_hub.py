@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.hub import spawn_hub, wait_until
+from tests.conditions import wait_until
+from tests.hub import spawn_hub
 from tests.probes import child_pids
 from tests.streams import Block, RawStream
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from progress_hub import follow
+from tests.conditions import wait_until
 from tests.conftest import HubFactory
-from tests.hub import wait_until
 
 DEADLINE = 20.0
 

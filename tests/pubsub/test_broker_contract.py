@@ -12,16 +12,20 @@ from pubsub.broker import Broker, open_broker
 from pubsub.errors import BrokerUnavailable, JobExists, JobNotFound, JobTerminal
 from pubsub.events import ENVELOPE_DECODER, EventKind, JobStatus, Update
 from pubsub.store import JobStore
+from tests.conditions import eventually
 
 
 async def _subscribe_when_listening(broker: Broker, job_id: str) -> None:
     """Subscribe once the listener task has its feed (it connects in its own task)."""
-    while True:
+
+    async def subscribed() -> bool:
         try:
             await broker.subscribe(job_id)
-            return
         except BrokerUnavailable:
-            await anyio.sleep(0.01)
+            return False
+        return True
+
+    await eventually(subscribed, bool, 5, "the listener got its feed")
 
 
 @pytest.fixture
