@@ -1,4 +1,4 @@
-"""SSE streams over a real uvicorn hub on a private Redis, read with httpx-sse."""
+"""SSE streams over a real uvicorn hub on a private Redis, read with the hub's own parser."""
 
 from __future__ import annotations
 
