@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -63,14 +63,21 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[JobStore]:
-    """A job store on the private Redis."""
-    broker = open_broker(redis_url)
+@asynccontextmanager
+async def store_on(broker_url: str) -> AsyncIterator[JobStore]:
+    """A job store on its own broker connection, closed at the end of the block."""
+    broker = open_broker(broker_url)
     try:
         yield JobStore(broker)
     finally:
         await broker.aclose()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[JobStore]:
+    """A job store on the private Redis."""
+    async with store_on(redis_url) as job_store:
+        yield job_store
 
 
 HubFactory = Callable[..., ThreadHub]

@@ -38,8 +38,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pubsub.broker import open_broker
-from pubsub.store import JobStore
+from tests.conftest import store_on
 from tests.hub import REPO, ProcessHub, spawn_hub
 
 SERVER_ONLY = ("starlette", "uvicorn", "sse-starlette", "rich", "prometheus-client")
@@ -217,11 +216,8 @@ def _stored(redis_url: str, job_id: str) -> dict[str, object]:
     """What the hub would serve for `job_id`, read with this project's own store."""
 
     async def read() -> dict[str, object]:
-        broker = open_broker(redis_url)
-        try:
-            snapshot = await JobStore(broker).get(job_id)
-        finally:
-            await broker.aclose()
+        async with store_on(redis_url) as store:
+            snapshot = await store.get(job_id)
         return {"status": snapshot.status, "progress": snapshot.progress}
 
     return anyio.run(read)
