@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	@# `python -m bench` from any directory: the venv sees bench/ (and only bench/, not the
+	@# whole repository, which would bypass the strict install) through a .pth file.
+	mkdir -p $(VENV)/dev-path && ln -sfn $(CURDIR)/bench $(VENV)/dev-path/bench
+	echo '$(CURDIR)/$(VENV)/dev-path' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/progress-hub-dev.pth"
 	touch $(STAMP)
 
 $(MODULES): FORCE

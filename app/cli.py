@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
+import redis
 import structlog
 import uvicorn
 from sse_starlette.sse import AppStatus
@@ -19,14 +22,16 @@ from progress_hub import watch
 from progress_hub.embedded import EmbeddedServer, NoServerBinary
 from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
-from progress_hub.settings import Settings, comma_list
+from progress_hub.settings import ENV_PREFIX, HELP, Settings, comma_list
 from progress_hub.shutdown import HubServer, ShutdownNotice
+from pubsub.broker import unreachable_hint
 
 log = structlog.get_logger(__name__)
 
 EXIT_BAD_CONFIG = 2
 # How long streams that cannot take the goodbye (stuck clients) may hold up the exit.
 SHUTDOWN_GRACE_SECONDS = 5
+BROKER_CHECK_TIMEOUT = 2.0
 GC_YOUNG_THRESHOLD = 50_000
 
 
@@ -38,12 +43,31 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="serve the hub (flags beat PROGRESS_* variables)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the hub (flags beat PROGRESS_* variables)",
+        description="Serve the hub. Each flag is also a PROGRESS_* variable; a flag beats it.",
+    )
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
         parse: Any = int if kind.startswith("int") else float if kind.startswith("float") else str
-        serve.add_argument(flag, dest=f.name, type=parse, default=None, metavar=f.name.upper())
+        default = f.default if f.default not in (None, ()) else "unset"
+        serve.add_argument(
+            flag,
+            dest=f.name,
+            type=parse,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{HELP.get(f.name, f.name.replace('_', ' '))} "
+            f"(PROGRESS_{f.name.upper()}; default: {default})",
+        )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="hub processes sharing the port (default: 1); see docs/production.md",
+    )
     serve.add_argument("--demo", action="store_true", help="also run simulated pipelines")
     serve.add_argument("--demo-speed", type=float, default=1.0, help="run the demo N times faster")
     serve.add_argument("--log-json", action="store_true", help="JSON log lines")
@@ -73,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         if settings.broker_url is None:
             try:
-                embedded = EmbeddedServer(data_dir=settings.data_dir)
+                embedded = EmbeddedServer(data_dir=settings.data_dir, port=settings.embedded_port)
                 settings = replace(settings, broker_url=embedded.start())
             except (NoServerBinary, RuntimeError) as exc:
                 print(f"progress-hub: {exc}", file=sys.stderr)
@@ -85,6 +109,9 @@ def serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         assert settings.broker_url is not None
+        problem = broker_problem(settings.broker_url)
+        if problem is not None:
+            print(f"progress-hub: warning: {problem}", file=sys.stderr, flush=True)
         print(f"progress-hub: serving on http://{settings.host}:{settings.port}", flush=True)
         if args.demo:
             demo_args = ["--broker-url", settings.broker_url, "--speed", str(args.demo_speed)]
@@ -95,6 +122,8 @@ def serve(args: argparse.Namespace) -> int:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.PIPE,
             )
+        if args.workers > 1:
+            return _serve_workers(settings, args.workers)
         notice = ShutdownNotice()
         config = uvicorn.Config(
             create_app(settings, shutdown=notice),
@@ -121,6 +150,65 @@ def serve(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """Several hub processes on one port: uvicorn's supervisor runs `progress_hub.asgi:app`
+    in each, configured by the PROGRESS_* variables set here (the embedded broker, if
+    any, was started once, in this process, and its URL is among them).
+
+    Divergence from one process: uvicorn's own workers run, not `HubServer`, so on
+    SIGTERM open streams are closed by sse-starlette and browsers come back after their
+    `retry:` delay rather than at once (docs/production.md).
+    """
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            os.environ.pop(ENV_PREFIX + f.name.upper(), None)
+        else:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            os.environ[ENV_PREFIX + f.name.upper()] = text
+    uvicorn.run(
+        "progress_hub.asgi:app",
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        lifespan="on",
+    )
+    return 0
+
+
+def broker_problem(url: str) -> str | None:
+    """Why the broker at `url` cannot be used right now, or None when it answers PING.
+
+    Said before "serving on", so that a wrong URL is found at start and not from the 503s
+    that follow (the hub serves anyway and connects when the broker comes up).
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix", "valkey"):
+        return None  # memory:// needs nothing; cluster URLs are checked by the hub itself
+    client_url = "redis" + url[len("valkey") :] if scheme == "valkey" else url
+    try:
+        client = redis.Redis.from_url(
+            client_url,
+            socket_connect_timeout=BROKER_CHECK_TIMEOUT,
+            socket_timeout=BROKER_CHECK_TIMEOUT,
+        )
+    except ValueError:
+        return None  # a URL redis-py's client cannot parse; the hub's broker says why
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return (
+            f"the broker does not answer ({type(exc).__name__}): {unreachable_hint(url)} "
+            "Serving anyway; /readyz answers 503 until it does."
+        )
+    finally:
+        client.close()
+    return None
+
+
 def _tune_gc() -> None:
     """Collect garbage less often than CPython's default, for a process that holds many
     long-lived objects (every open stream) and allocates briskly (every connect).
@@ -137,14 +225,23 @@ def _tune_gc() -> None:
 
 
 def token(args: argparse.Namespace) -> int:
-    """Print a subscriber token for `--job` ids (or '*'), signed with the configured secret."""
+    """Print a subscriber token for the `--job` ids (`--job '*'`: every job), signed with the
+    configured secret; refuses without `--job`."""
     from pubsub.tokens import issue_token
 
     secret = args.secret or os.environ.get("PROGRESS_SUBSCRIBER_SECRET")
     if not secret:
         print("progress-hub: set PROGRESS_SUBSCRIBER_SECRET or --secret", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    print(issue_token(secret, args.job or ["*"], args.ttl, can_cancel=args.can_cancel))
+    if not args.job:
+        # A token for every job is a master key: it must be asked for by name.
+        print(
+            "progress-hub: name the jobs the token may read: --job JOB_ID (repeat it), "
+            "or --job '*' for every job",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    print(issue_token(secret, args.job, args.ttl, can_cancel=args.can_cancel))
     return 0
 
 
@@ -184,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo_args.append("--stop-with-stdin")
         return demo_main(demo_args)
     if args.command == "watch":
+        # Its retries are debug lines: the screen (or the one-line reason) says enough.
+        configure_logging(json=False, level=logging.WARNING)
         return watch.run(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_BAD_CONFIG

@@ -37,6 +37,28 @@ class NoServerBinary(RuntimeError):
         )
 
 
+class EmbeddedPortTaken(RuntimeError):
+    """The embedded server's fixed port is held by another process."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__(
+            f"the embedded broker's port 127.0.0.1:{port} is taken (another progress-hub, or "
+            f"another Redis?): stop it, or choose a port with PROGRESS_EMBEDDED_PORT "
+            f"(--embedded-port; 0 for any free one), or set PROGRESS_BROKER_URL to use that Redis"
+        )
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on `host:port` (and we may bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def find_server_binary() -> str:
     """The server binary to run; `NoServerBinary` when there is none."""
     on_path = shutil.which("redis-server")
@@ -98,6 +120,7 @@ class EmbeddedServer:
     ) -> None:
         self.binary = binary or find_server_binary()
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.fixed_port = bool(port)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
@@ -108,7 +131,13 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        """Start the server and wait until it answers PING; return its URL."""
+        """Start the server and wait until it answers PING; return its URL.
+
+        A fixed port (given, not 0) that is taken raises `EmbeddedPortTaken` rather than
+        letting workers publish to whatever holds it.
+        """
+        if self.fixed_port and not port_is_free(self.port):
+            raise EmbeddedPortTaken(self.port)
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += self.extra_args
         if self.data_dir is None:

@@ -20,6 +20,7 @@ from pubsub.errors import (
     JobExists,
     JobNotFound,
     JobTerminal,
+    NoResult,
     Overloaded,
     PayloadTooLarge,
     ProgressError,
@@ -31,6 +32,7 @@ RETRY_AFTER_SECONDS: Final = 2
 
 _STATUS: Final[Mapping[type[ProgressError], int]] = {
     JobNotFound: 404,
+    NoResult: 404,
     JobExists: 409,
     JobTerminal: 409,
     InvalidUpdate: 400,

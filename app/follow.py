@@ -30,6 +30,10 @@ log = structlog.get_logger(__name__)
 
 EXIT_FAILED: Final = 1
 EXIT_UNKNOWN: Final = 2
+EXIT_UNREACHABLE: Final = 3
+# Seconds without any answer from the hub (at start, or since its last answer) before
+# `watch` gives up: a wrong or down --url ends with a reason (docs/dashboard.md).
+GIVE_UP_AFTER: Final = 10.0
 
 STREAM_FAILURES_BEFORE_POLLING: Final = 3
 POLL_INTERVAL: Final = 2.0
@@ -59,13 +63,25 @@ class WatchStopped(Exception):
         self.exit_code = exit_code
 
 
-def refuse_unless_readable(response: httpx.Response, what: str) -> None:
-    """Raise WatchStopped for the answers that end following for good (API.md §3)."""
+def refuse_unless_readable(
+    response: httpx.Response, what: str, *, token: str | None = None
+) -> None:
+    """Raise WatchStopped for the answers that end following for good (docs/api.md §3)."""
     if response.status_code == 404:
         raise WatchStopped(f"{what} is unknown or has expired", EXIT_UNKNOWN)
     if response.status_code in (401, 403):
         status = response.status_code
-        raise WatchStopped(f"the token may not read {what} (HTTP {status})", EXIT_UNKNOWN)
+        if token is None:
+            raise WatchStopped(
+                f"the hub needs a subscriber token to read {what} (HTTP {status}): pass "
+                "--token (`progress-hub token --job JOB_ID` issues one)",
+                EXIT_UNKNOWN,
+            )
+        raise WatchStopped(
+            f"the token given may not read {what} (HTTP {status}): it names other jobs, has "
+            "expired, or was signed with another secret",
+            EXIT_UNKNOWN,
+        )
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -104,9 +120,16 @@ class Connection:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     retry_hint: float | None = None
+    token: str | None = None
+    give_up_after: float = GIVE_UP_AFTER
+    """Seconds without any answer from the hub before giving up (0: never)."""
+    answered_at: float | None = None
+    unreachable: str | None = None
 
     def run(self) -> None:
-        """Return once a handler says done; raise WatchStopped when the hub refuses."""
+        """Return once a handler says done; raise WatchStopped when the hub refuses, or
+        when it has not answered for `give_up_after` seconds."""
+        self.answered_at = self.clock()
         failures = 0
         while True:
             if self.poll_only or failures >= STREAM_FAILURES_BEFORE_POLLING:
@@ -120,7 +143,25 @@ class Connection:
                 return
             failures = 0 if delivered else failures + 1
             self.on_mode("reconnecting")
-            self.sleep(max(self.retry_hint or 0.0, backoff(max(1, failures))))
+            self._sleep_unless_gone(max(self.retry_hint or 0.0, backoff(max(1, failures))))
+
+    def _answered(self) -> None:
+        self.answered_at, self.unreachable = self.clock(), None
+
+    def _sleep_unless_gone(self, seconds: float) -> None:
+        """Sleep before a retry, or raise WatchStopped once the hub is silent for too long."""
+        if self.unreachable is not None and self.give_up_after > 0:
+            assert self.answered_at is not None
+            left = self.answered_at + self.give_up_after - self.clock()
+            if left <= 0:
+                raise WatchStopped(
+                    f"cannot reach the hub at {self.client.base_url} for "
+                    f"{self.give_up_after:g} s ({self.unreachable}): is `progress-hub serve` "
+                    "running there? (--url)",
+                    EXIT_UNREACHABLE,
+                )
+            seconds = min(seconds, left)
+        self.sleep(seconds)
 
     def _stream(self) -> tuple[bool, bool]:
         delivered = False
@@ -128,7 +169,8 @@ class Connection:
             with self.client.stream(
                 "GET", self.path, params=self.params, headers=SSE_HEADERS, timeout=STREAM_TIMEOUT
             ) as response:
-                refuse_unless_readable(response, self.what)
+                self._answered()
+                refuse_unless_readable(response, self.what, token=self.token)
                 if response.status_code != 200 or not _is_event_stream(response):
                     return False, False
                 parser = FrameParser()
@@ -143,6 +185,8 @@ class Connection:
                         if self.on_event(frame):
                             return True, True
         except (httpx.TransportError, msgspec.DecodeError) as exc:
+            if isinstance(exc, httpx.TransportError) and not delivered:
+                self.unreachable = str(exc) or type(exc).__name__
             log.debug("watch_stream_dropped", path=self.path, error=str(exc))
         return delivered, False
 
@@ -153,10 +197,15 @@ class Connection:
                 done = self.poll_once()
             except (httpx.HTTPError, msgspec.DecodeError) as exc:
                 failures += 1
+                if isinstance(exc, httpx.TransportError):
+                    self.unreachable = str(exc) or type(exc).__name__
+                else:
+                    self._answered()
                 log.debug("watch_poll_failed", path=self.path, error=str(exc))
                 self.on_mode("reconnecting")
-                self.sleep(backoff(failures))
+                self._sleep_unless_gone(backoff(failures))
                 continue
+            self._answered()
             if done:
                 return True
             failures = 0
@@ -179,6 +228,7 @@ class JobWatch:
     sleep: Callable[[float], None] = time.sleep
     snapshot: Snapshot | None = None
     etag: str | None = None
+    give_up_after: float = GIVE_UP_AFTER
 
     def follow(self) -> Snapshot:
         """Block until the job completes, fails or is cancelled."""
@@ -194,6 +244,8 @@ class JobWatch:
             poll_only=self.poll_only,
             poll_interval=self.poll_interval,
             sleep=self.sleep,
+            token=self.token,
+            give_up_after=self.give_up_after,
         ).run()
         assert self.snapshot is not None, "a connection only ends on a terminal snapshot"
         return self.snapshot
@@ -226,7 +278,7 @@ class JobWatch:
         response = self.client.get(path, params=self._params(), headers=headers)
         if response.status_code == 304:
             return False
-        refuse_unless_readable(response, f"job {self.job_id}")
+        refuse_unless_readable(response, f"job {self.job_id}", token=self.token)
         response.raise_for_status()
         done = self._accept(SNAPSHOT_DECODER.decode(response.content))
         self.etag = response.headers.get("ETag")
@@ -246,6 +298,7 @@ class AllWatch:
     poll_interval: float = POLL_INTERVAL
     jobs: dict[str, Snapshot] = field(default_factory=dict)
     listed: bool = False
+    give_up_after: float = GIVE_UP_AFTER
 
     def follow(self) -> None:
         """Block until `stop` returns True after a change."""
@@ -266,6 +319,8 @@ class AllWatch:
             on_mode=self.on_mode,
             poll_only=self.poll_only,
             poll_interval=self.poll_interval,
+            token=self.token,
+            give_up_after=self.give_up_after,
         ).run()
 
     def _accept(self, snapshot: Snapshot) -> None:
@@ -296,7 +351,7 @@ class AllWatch:
         if self.token:
             params["token"] = self.token
         response = self.client.get("/api/jobs", params=params)
-        refuse_unless_readable(response, "the job list")
+        refuse_unless_readable(response, "the job list", token=self.token)
         response.raise_for_status()
         page = JOB_LIST.decode(response.content).jobs
         if len(page) < LIST_LIMIT:

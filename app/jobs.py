@@ -47,7 +47,9 @@ async def create_job(request: Request) -> Response:
     secret = request.state.settings.subscriber_secret
     if secret is not None:
         body["token"] = issue_token(secret, [snapshot.job_id], request.state.settings.token_ttl)
-    headers = {"Location": f"/api/jobs/{snapshot.job_id}", "ETag": f'"{snapshot.seq}"'}
+    # Under the host's prefix when the hub is mounted (`root_path`, docs/production.md).
+    location = f"{request.scope.get('root_path', '')}/api/jobs/{snapshot.job_id}"
+    headers = {"Location": location, "ETag": f'"{snapshot.seq}"'}
     return json_response(body, status_code=201, headers=headers)
 
 

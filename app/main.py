@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
-from urllib.parse import urlsplit
+from typing import Final, cast
 
 import anyio
 import structlog
@@ -17,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from progress_hub import health, jobs, polling, sse
 from progress_hub.errors import EXCEPTION_HANDLERS
@@ -29,7 +28,7 @@ from progress_hub.openapi import openapi_schema
 from progress_hub.settings import Settings
 from progress_hub.shutdown import ShutdownNotice
 from progress_hub.state import HubState
-from pubsub.broker import Broker, open_broker
+from pubsub.broker import Broker, open_broker, redacted_url, unreachable_hint
 from pubsub.errors import BrokerUnavailable
 from pubsub.pipelines import PipelineRegistry, load_pipelines
 from pubsub.store import JobStore
@@ -101,13 +100,54 @@ async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
             log.debug("stall_sweep_skipped")
 
 
+class LifespanNotRun(RuntimeError):
+    """A request reached a mounted hub whose lifespan nobody runs."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the hub's lifespan has not run: a host app that mounts the hub must run it in "
+            "its own lifespan, `async with hub_lifespan(hub): yield` (docs/production.md, "
+            "Mounting into an existing app)"
+        )
+
+
 class _Hub(Starlette):
     """Starlette with the edge headers outside its server-error layer, which Starlette
     puts outside all user middleware: a 500 gets the request id and the security headers
-    like every other answer, and the log line of the error carries the request id."""
+    like every other answer, and the log line of the error carries the request id.
+
+    Mounted in a host app (`host.mount("/progress", hub)`), the hub gets no lifespan
+    events of its own: `hub_lifespan` runs its lifespan inside the host's and keeps the
+    state here, and each request of the hub sees it as `request.state` (the host's own
+    state keeps its keys for the host's routes).
+    """
+
+    mounted_state: HubState | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         return EdgeHeadersMiddleware(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and "fanout" not in scope.get("state", ()):
+            if self.mounted_state is None:
+                raise LifespanNotRun()
+            scope = {**scope, "state": {**scope.get("state", {}), **self.mounted_state}}
+        await super().__call__(scope, receive, send)
+
+
+@asynccontextmanager
+async def hub_lifespan(hub: Starlette) -> AsyncIterator[None]:
+    """Run the resources of `hub` (from `create_app`) while the block runs: for a host app
+    that mounts the hub, inside the host's own lifespan (docs/production.md).
+    """
+    if not isinstance(hub, _Hub):
+        raise TypeError(f"hub_lifespan takes the app create_app returns, not {hub!r}")
+    async with hub.router.lifespan_context(hub) as state:
+        hub.mounted_state = cast(HubState, state)
+        try:
+            yield
+        finally:
+            hub.mounted_state = None
 
 
 async def _feed_started(broker: Broker) -> None:
@@ -142,7 +182,7 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
                 tg.start_soon(fanout.run)
                 tg.start_soon(_sweep_stalls, store, settings.stall_after)
                 await _feed_started(broker)
-                _log_start(settings, broker_url)
+                _log_start(settings, broker_url, broker_feed_down=not broker.feed_up)
                 yield {"settings": settings, "broker": broker, "store": store, "fanout": fanout}
                 tg.cancel_scope.cancel()
         finally:
@@ -185,16 +225,23 @@ def _middleware(settings: Settings) -> list[Middleware]:
     return middleware
 
 
-def _log_start(settings: Settings, broker_url: str) -> None:
+def _log_start(settings: Settings, broker_url: str, *, broker_feed_down: bool) -> None:
     """Say how the hub is set up, and warn about open doors; never log a secret."""
     log.info(
         "hub_started",
-        broker=_redacted(broker_url),
+        broker=redacted_url(broker_url),
         publish_key=settings.publish_key is not None,
         subscriber_tokens=settings.subscriber_secret is not None,
         cors_origins=list(settings.cors_origins),
         max_connections=settings.max_connections,
     )
+    if broker_feed_down:
+        log.warning(
+            "broker_unreachable",
+            broker=redacted_url(broker_url),
+            check=unreachable_hint(broker_url),
+            detail="serving anyway: /readyz answers 503 until the broker answers",
+        )
     if settings.publish_key is None:
         # Issue 5: with no key, writes are refused from anywhere but this machine.
         log.warning(
@@ -203,13 +250,3 @@ def _log_start(settings: Settings, broker_url: str) -> None:
         )
     if settings.subscriber_secret is None:
         log.info("subscriber_tokens_off", detail="no PROGRESS_SUBSCRIBER_SECRET: reads are open")
-
-
-def _redacted(url: str) -> str:
-    """A broker URL fit for logs: no user, no password, no query (it may hold `password=`)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    userinfo = "***@" if parts.username or parts.password else ""
-    return f"{parts.scheme}://{userinfo}{host}{parts.path}"

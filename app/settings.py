@@ -9,6 +9,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 ENV_PREFIX: Final = "PROGRESS_"
+# The embedded broker's fixed address: the README's worker example publishes there without
+# configuration (README "Ten lines"). 0 takes any free port (the tests do, to run side by side).
+DEFAULT_EMBEDDED_PORT: Final = 6390
 KNOWN_BROKER_SCHEMES: Final = ("memory", "redis", "rediss", "unix", "valkey")
 
 
@@ -37,6 +40,8 @@ class Settings:
     """Seconds a stream may wait on a client that reads nothing before it is dropped."""
     data_dir: str = ".progress-data"
     """Where the embedded server keeps its data."""
+    embedded_port: int = DEFAULT_EMBEDDED_PORT
+    """The embedded server's port on 127.0.0.1 (0: any free port)."""
 
     def __post_init__(self) -> None:
         if self.broker_url is not None:
@@ -52,8 +57,9 @@ class Settings:
         for name in ("retention", "history", "token_ttl", "max_connections", "retry_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be within 0-65535, got {self.port}")
+        for name in ("port", "embedded_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be within 0-65535, got {getattr(self, name)}")
         if self.pipelines is not None and not os.access(self.pipelines, os.R_OK):
             raise ValueError(f"pipelines file {self.pipelines!r} cannot be read")
 
@@ -70,6 +76,28 @@ class Settings:
                 values[f.name] = _parse(f.name, raw, f.type)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls(**values)
+
+
+# `progress-hub serve --help`: one line per setting (its default is shown beside it).
+HELP: Final = {
+    "broker_url": "redis://host:port/db, rediss://..., memory:// (unset: an embedded server)",
+    "host": "interface to listen on",
+    "port": "port to listen on",
+    "heartbeat": "seconds between SSE comment pings",
+    "stall_after": "seconds without update or heartbeat before a job reads stalled",
+    "retention": "seconds a finished job is kept",
+    "history": "events kept per job for Last-Event-ID replay",
+    "publish_key": "bearer key for HTTP writes (unset: loopback clients only)",
+    "subscriber_secret": "HMAC secret for subscriber tokens (unset: reads are open)",
+    "token_ttl": "seconds a token issued by POST /api/jobs lives",
+    "cors_origins": "comma-separated origins allowed cross-origin",
+    "max_connections": "requests in flight per process, open streams included",
+    "pipelines": "TOML file of extra pipelines",
+    "retry_ms": "the retry: hint (ms) every stream sends browsers",
+    "send_timeout": "seconds a write to a stream may block before it is dropped",
+    "data_dir": "where the embedded server keeps its data",
+    "embedded_port": "the embedded server's port on 127.0.0.1 (0: any free port)",
+}
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -17,6 +17,7 @@ from rich.live import Live
 from progress_hub.follow import (
     EXIT_FAILED,
     EXIT_UNKNOWN,
+    GIVE_UP_AFTER,
     POLL_INTERVAL,
     AllWatch,
     JobWatch,
@@ -50,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     watch.add_argument(
         "--until-idle", action="store_true", help="with --all: exit once no job is active"
     )
+    watch.add_argument(
+        "--give-up-after",
+        type=float,
+        default=GIVE_UP_AFTER,
+        metavar="SECONDS",
+        help=f"exit 3 when the hub has not answered for this long (default {GIVE_UP_AFTER:g}; "
+        "0: never)",
+    )
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -65,7 +74,8 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
                 return _watch_all(client, args, out)
             return _watch_job(client, args, out, err)
         except WatchStopped as exc:
-            err.print(f"[red]progress-hub watch: {exc}[/red]")
+            # One line, however narrow the terminal: the reason is what the user reads.
+            err.print(f"[red]progress-hub watch: {exc}[/red]", soft_wrap=True, highlight=False)
             return exc.exit_code
         except KeyboardInterrupt:
             return EXIT_COMPLETED if args.all else EXIT_INTERRUPTED
@@ -109,6 +119,7 @@ def _watch_job(client: httpx.Client, args: argparse.Namespace, out: Console, err
         token=args.token,
         poll_only=args.poll,
         poll_interval=args.interval,
+        give_up_after=args.give_up_after,
     )
     # Without a terminal Live would print its last frame again: the lines suffice.
     with Live(
@@ -133,6 +144,7 @@ def _watch_all(client: httpx.Client, args: argparse.Namespace, out: Console) -> 
         token=args.token,
         poll_only=args.poll,
         poll_interval=args.interval,
+        give_up_after=args.give_up_after,
     )
     with Live(
         get_renderable=lambda: render_jobs(watch.jobs, state["mode"], out.size.height - 7),

@@ -13,6 +13,7 @@ from pubsub.errors import (
     JobExists,
     JobNotFound,
     JobTerminal,
+    NoResult,
     PayloadTooLarge,
     ProgressError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobTerminal",
+    "NoResult",
     "PayloadTooLarge",
     "Pipeline",
     "PipelineRegistry",

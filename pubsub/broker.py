@@ -126,6 +126,24 @@ class Broker(Protocol):
         ...
 
 
+def redacted_url(url: str) -> str:
+    """A broker URL fit for logs and error messages: no user, password or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    userinfo = "***@" if parts.username or parts.password else ""
+    return f"{parts.scheme}://{userinfo}{host}{parts.path}"
+
+
+def unreachable_hint(url: str) -> str:
+    """What to check when the broker at `url` does not answer (docs/publishing.md)."""
+    return (
+        f"nothing answers at {redacted_url(url)}: is Redis running there (the hub's embedded "
+        "broker: `progress-hub serve` prints its URL), and do the hub and its workers use it?"
+    )
+
+
 def open_broker(url: str) -> Broker:
     """The broker for `url`: `memory://` or `redis://host:port/db` (also `rediss://`)."""
     scheme = urlsplit(url).scheme

@@ -15,6 +15,18 @@ class JobNotFound(ProgressError):
         super().__init__(f"Job {job_id!r} does not exist or has expired.")
 
 
+class NoResult(ProgressError):
+    """The job exists but has no result (yet)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(
+            f"Job {job_id!r} has no result (it is {status}): a result is stored when the "
+            "job completes with one."
+        )
+
+
 class JobExists(ProgressError):
     """A job with this id already exists."""
 

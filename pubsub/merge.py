@@ -105,6 +105,10 @@ def apply_update(
         start, end, label = _stage_range(old.pipeline, update.stage, pipelines)
         stage_start, stage_end = start, end
         progress = start
+        if update.message is UNSET and label:
+            # As the tracker's stage(): the previous stage's last line would be stale, so
+            # a new stage without a message says its label (docs/api.md §2).
+            message = label
     fraction = None if update.stage_progress is UNSET else update.stage_progress
 
     chunks = old.chunks
@@ -126,7 +130,8 @@ def apply_update(
         progress = old.progress
     if status is JobStatus.COMPLETED:
         progress = 100.0
-    progress = round(min(max(progress, 0.0), 100.0), 3)
+    # Always a float, so the wire always reads `25.0`, never `25` (docs/api.md §1).
+    progress = round(float(min(max(progress, 0.0), 100.0)), 3)
 
     attempt = old.attempt if update.attempt is UNSET else update.attempt
     max_attempts = old.max_attempts if update.max_attempts is UNSET else update.max_attempts

@@ -47,7 +47,7 @@ from msgspec import UNSET
 
 from pubsub.autoadvance import AutoAdvance
 from pubsub.backoff import Outage
-from pubsub.broker import open_broker
+from pubsub.broker import open_broker, redacted_url, unreachable_hint
 from pubsub.cancel import DEFAULT_CANCEL_POLL_SECONDS, CancelWatch, check_poll_interval
 from pubsub.coalesce import Backlog
 from pubsub.errors import (
@@ -112,6 +112,8 @@ class Tracker:
         self.pipeline = pipeline
         self._store = store if job_id is not None else None
         self._owns_broker = False
+        # Named in the outage warnings, so that a wrong URL is found from the first line.
+        self._broker_url: str | None = None
         self._coalesce = coalesce
         self._raise_on_outage = raise_on_outage
         self._close_timeout = close_timeout
@@ -170,6 +172,7 @@ class Tracker:
             cancel_poll_interval=cancel_poll_interval,
         )
         tracker._owns_broker = True
+        tracker._broker_url = broker_url
         return tracker
 
     @property
@@ -281,7 +284,12 @@ class Tracker:
             await self.flush()
         self._closed = True
         if len(self._backlog):
-            log.error("job_updates_lost", job_id=self.job_id, updates=self._backlog.clear())
+            log.error(
+                "job_updates_lost",
+                job_id=self.job_id,
+                updates=self._backlog.clear(),
+                **self._broker_context(),
+            )
         self._task_group.cancel_scope.cancel()
 
     async def __aenter__(self) -> Tracker:
@@ -455,7 +463,18 @@ class Tracker:
     def _outage_began(self, exc: BrokerUnavailable) -> None:
         if self._outage.failed(_now()):
             queued = len(self._backlog)
-            log.warning("broker_unavailable", job_id=self.job_id, error=str(exc), queued=queued)
+            log.warning(
+                "broker_unavailable",
+                job_id=self.job_id,
+                **self._broker_context(),
+                error=str(exc),
+                queued=queued,
+            )
+
+    def _broker_context(self) -> dict[str, str]:
+        """The broker's address and what to check, for the outage log lines."""
+        url = self._broker_url
+        return {} if url is None else {"broker": redacted_url(url), "check": unreachable_hint(url)}
 
     def _outage_ended(self) -> None:
         lasted = self._outage.succeeded(_now())

@@ -17,7 +17,14 @@ import msgspec
 import structlog
 
 from pubsub.broker import Broker, Commit
-from pubsub.errors import BrokerUnavailable, InvalidUpdate, JobExists, JobNotFound, JobTerminal
+from pubsub.errors import (
+    BrokerUnavailable,
+    InvalidUpdate,
+    JobExists,
+    JobNotFound,
+    JobTerminal,
+    NoResult,
+)
 from pubsub.events import (
     ENCODER,
     STALLABLE_STATUSES,
@@ -223,11 +230,12 @@ class JobStore:
         return await self.broker.history(job_id, self.history_len)
 
     async def result(self, job_id: str) -> tuple[bytes, str]:
-        """A job's result body and content type; `JobNotFound` if there is none yet."""
+        """A job's result body and content type; `NoResult` when the job has none (yet),
+        `JobNotFound` when there is no such job."""
         check_job_id(job_id)
         stored = await self.broker.result(job_id)
         if stored is None:
-            raise JobNotFound(job_id)
+            raise NoResult(job_id, (await self.get(job_id)).status)
         return decode_result(stored)
 
     async def delete(self, job_id: str) -> None:

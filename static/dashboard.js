@@ -10,7 +10,7 @@
  * @module dashboard
  */
 import { JobList } from './job-list.js';
-import { JobView } from './job-view.js';
+import { HUB_BASE, JobView } from './job-view.js';
 import { buildUrl, watchAll } from './progress-client.js';
 
 const LIST_LIMIT = 500;
@@ -91,7 +91,7 @@ function start() {
    */
   async function loadRecent() {
     try {
-      const response = await fetch(buildUrl('', '/api/jobs', { limit: LIST_LIMIT, token }), { cache: 'no-store' });
+      const response = await fetch(buildUrl(HUB_BASE, '/api/jobs', { limit: LIST_LIMIT, token }), { cache: 'no-store' });
       if (!response.ok) return;
       const { jobs } = await response.json();
       for (const job of jobs || []) list.upsert(job);
@@ -157,6 +157,7 @@ function start() {
   showRoute();
 
   watchAll({
+    baseUrl: HUB_BASE,
     token,
     limit: LIST_LIMIT,
     onUpdate: (job) => list.upsert(job),

@@ -21,6 +21,12 @@ import { buildUrl, watchJob } from './progress-client.js';
 
 const GAP_REFETCH_DELAY_MS = 300;
 
+/**
+ * The hub's path prefix: the directory this page was served from, so that the
+ * dashboard works at `/` and mounted under a prefix (`/progress/`, docs/production.md).
+ */
+export const HUB_BASE = new URL('.', document.baseURI).pathname.replace(/\/+$/, '');
+
 export class JobView {
   /**
    * @param {object} parts
@@ -63,6 +69,7 @@ export class JobView {
 
     const opened = jobId;
     this.handle = watchJob(jobId, {
+      baseUrl: HUB_BASE,
       token,
       remember: false, // the URL fragment is what brings this view back after a reload
       onUpdate: (job) => this.jobId === opened && this.update(job),
@@ -100,7 +107,7 @@ export class JobView {
 
   async loadHistory() {
     const jobId = this.jobId;
-    const url = buildUrl('', `/api/jobs/${encodeURIComponent(jobId)}/history`, { token: this.token });
+    const url = buildUrl(HUB_BASE, `/api/jobs/${encodeURIComponent(jobId)}/history`, { token: this.token });
     let events;
     try {
       const response = await fetch(url, { cache: 'no-store' });
@@ -121,7 +128,7 @@ export class JobView {
       this.card.el.hidden = false;
       this.result.hidden = !job.has_result;
       if (job.has_result) {
-        const href = buildUrl('', `/api/jobs/${encodeURIComponent(job.job_id)}/result`, { token: this.token });
+        const href = buildUrl(HUB_BASE, `/api/jobs/${encodeURIComponent(job.job_id)}/result`, { token: this.token });
         this.result.querySelector('a').setAttribute('href', href);
       }
     }

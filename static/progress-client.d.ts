@@ -13,8 +13,8 @@ export type EndReason = 'completed' | 'failed' | 'cancelled' | 'deleted';
 
 export interface ChunkPosition {
   index: number;
-  page_start: number;
-  page_end: number;
+  page_start: number | null;
+  page_end: number | null;
 }
 
 export interface Chunks {

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -43,20 +44,26 @@ class ThreadHub:
 @contextmanager
 def run_hub(settings: Settings, port: int = 0) -> Iterator[ThreadHub]:
     """Serve `settings` on a free port (or `port`, to restart a hub in place) for the block."""
+    with serve_app(create_app(settings), port) as (url, server, thread):
+        yield ThreadHub(settings=settings, url=url, server=server, thread=thread)
+
+
+@contextmanager
+def serve_app(
+    app: Any, port: int = 0
+) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """Serve any ASGI `app` (its lifespan on) with uvicorn in a thread; its URL, server, thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", timeout_graceful_shutdown=1, lifespan="on"
-    )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started, START_TIMEOUT, "the hub did not start")
-        url = f"http://127.0.0.1:{port}"
-        yield ThreadHub(settings=settings, url=url, server=server, thread=thread)
+        wait_until(lambda: server.started, START_TIMEOUT, "the server did not start")
+        yield f"http://127.0.0.1:{port}", server, thread
     finally:
         server.should_exit = True
         thread.join(10)
@@ -100,7 +107,8 @@ def spawn_hub(
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
         [*command, "--port", str(port), *args],
-        env={**os.environ, **env},
+        # Any free port for an embedded broker: test hubs run side by side (README "Ten lines").
+        env={"PROGRESS_EMBEDDED_PORT": "0", **os.environ, **env},
         cwd=cwd,
         stdout=output or subprocess.DEVNULL,
         stderr=output or subprocess.DEVNULL,

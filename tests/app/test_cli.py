@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from progress_hub.embedded import free_port
 from tests.conditions import wait_until
 from tests.hub import REPO, spawn_hub
 
@@ -92,3 +94,51 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return state == "Z"
+
+
+def test_serve_with_its_embedded_port_taken_exits_2_naming_it(tmp_path: Path) -> None:
+    # Workers publish to the fixed address (README "Ten lines"): never to whatever holds it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(free_port())]
+            + ["--embedded-port", str(port), "--data-dir", str(tmp_path)],
+            env=_env_without_progress_settings(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port 127.0.0.1:{port} is taken" in lines[0] and "PROGRESS_EMBEDDED_PORT" in lines[0]
+
+
+def test_serve_help_explains_each_flag_with_its_variable_and_default() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "progress_hub.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0
+    assert "seconds between SSE comment pings (PROGRESS_HEARTBEAT; default: 15.0)" in result.stdout
+    assert "(PROGRESS_EMBEDDED_PORT; default: 6390)" in result.stdout
+
+
+def test_serve_against_an_absent_broker_names_it_at_start_and_on_readyz(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    log = tmp_path / "hub.log"
+    with spawn_hub({"PROGRESS_BROKER_URL": url}, log=log) as hub:
+        ready = httpx.get(hub.url + "/readyz")
+    assert ready.status_code == 503
+    assert f"at {url}; check that it runs" in ready.json()["error"]
+    lines = log.read_text().splitlines()
+    warning = next(i for i, line in enumerate(lines) if "broker does not answer" in line)
+    serving = next(i for i, line in enumerate(lines) if "serving on" in line)
+    assert warning < serving, "the warning comes before 'serving on'"
+    assert f"nothing answers at {url}" in lines[warning]

@@ -158,3 +158,41 @@ async def test_every_job_key_expires_and_the_index_is_pruned(
         await eventually(indexed, lambda ids: ids == [b"keys-1"], 10, "index pruned")
     finally:
         await client.aclose()
+
+
+async def test_http_stage_says_its_label_as_the_trackers_stage_does(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    # docs/api.md §2: a stage without a message replaces the previous stage's last line.
+    created = await client.post("/api/jobs", json={"job_id": "stage-http", "pipeline": "video"})
+    assert created.status_code == 201
+    await _post(client, "stage-http", stage="downloading")
+    await _post(client, "stage-http", stage_progress=0.5, message="12 of 24 MB")
+    over_http = await _post(client, "stage-http", stage="transcribing")
+    async with Tracker.connect(redis_url, "stage-lib", pipeline="video") as job:
+        await job.stage("downloading")
+        await job.advance(0.5, "12 of 24 MB")
+        await job.stage("transcribing")
+        await job.flush()
+        from_library = job.snapshot
+    assert from_library is not None
+    assert over_http["message"] == from_library.message == over_http["stage_label"]
+    explicit = await _post(client, "stage-http", stage="analyzing", message="Scene 1 of 9")
+    assert explicit["message"] == "Scene 1 of 9"
+
+
+async def test_progress_is_always_a_float_on_the_wire(client: httpx.AsyncClient) -> None:
+    await client.post("/api/jobs/float-1/events", json={"progress": 25})
+    raw = (await client.get("/api/jobs/float-1")).text
+    assert '"progress":25.0' in raw
+
+
+async def test_result_of_a_job_without_one_says_so_not_that_it_does_not_exist(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/api/jobs/noresult-1/events", json={"status": "running"})
+    answer = await client.get("/api/jobs/noresult-1/result")
+    assert answer.status_code == 404
+    assert "has no result (it is running)" in answer.json()["error"]
+    missing = await client.get("/api/jobs/never-made/result")
+    assert "does not exist" in missing.json()["error"]

@@ -187,6 +187,15 @@ def test_token_command_prints_a_token_the_hub_accepts(capsys: pytest.CaptureFixt
     assert claims.jobs == ["a", "b"]
 
 
+def test_token_command_without_a_job_refuses_rather_than_sign_a_master_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["token", "--secret", SECRET]) == 2
+    assert "--job '*' for every job" in capsys.readouterr().err
+    assert cli_main(["token", "--job", "*", "--secret", SECRET]) == 0
+    assert verify_token(SECRET, capsys.readouterr().out.strip()).jobs == ["*"]
+
+
 def test_token_command_without_a_secret_exits_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

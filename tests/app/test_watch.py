@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from progress_hub import watch
+from progress_hub.embedded import free_port
 from tests.conditions import wait_until
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub
@@ -99,11 +103,43 @@ def test_watch_unknown_job_exits_2(hub: ThreadHub) -> None:
     assert "job no-such-job is unknown or has expired" in run.output
 
 
-def test_watch_refused_token_exits_2(start_hub: HubFactory) -> None:
+@pytest.mark.parametrize(
+    ("token_args", "says"),
+    [
+        (["--token", "forged"], "the token given may not read job job-1 (HTTP 403)"),
+        ([], "the hub needs a subscriber token to read job job-1 (HTTP 403): pass --token"),
+    ],
+    ids=["wrong-token", "no-token"],
+)
+def test_watch_refused_token_exits_2_saying_whether_a_token_was_given(
+    start_hub: HubFactory, token_args: list[str], says: str
+) -> None:
     hub = start_hub(subscriber_secret="s3cret")
-    with watching("job-1", "--url", hub.url, "--token", "forged") as run:
+    with watching("job-1", "--url", hub.url, *token_args) as run:
         assert run.wait() == 2
-    assert "the token may not read job job-1" in run.output
+    assert says in run.output
+
+
+def test_watch_against_a_closed_port_exits_3_with_one_line_in_the_given_time() -> None:
+    # As a user runs it (the command, its stderr): nothing listens on the port.
+    port = free_port()
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "progress_hub.cli", "watch", "job-1"]
+        + ["--url", f"http://127.0.0.1:{port}", "--give-up-after", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot reach the hub at http://127.0.0.1:{port} for 1.5 s" in lines[0]
+    assert "Connection refused" in lines[0]
+    # The documented bound (docs/dashboard.md): --give-up-after, plus one connect attempt
+    # (refused at once here) and the interpreter's start.
+    assert 1.5 <= took < 1.5 + 8, took
 
 
 def test_watch_chunk_counters_and_stage_lines(hub: ThreadHub) -> None:
