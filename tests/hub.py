@@ -49,9 +49,7 @@ def run_hub(settings: Settings, port: int = 0) -> Iterator[ThreadHub]:
 
 
 @contextmanager
-def serve_app(
-    app: Any, port: int = 0
-) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+def serve_app(app: Any, port: int = 0) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
     """Serve any ASGI `app` (its lifespan on) with uvicorn in a thread; its URL, server, thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -130,3 +128,20 @@ def spawn_hub(
         stop_process(process, signal.SIGTERM, 15)
         if output is not None:
             output.close()
+
+
+def serve_refuses(*args: str, env: Mapping[str, str]) -> str:
+    """Run `progress-hub serve` where it must refuse to start: exit 2 and one line on
+    stderr (docs/api.md §7), which is returned."""
+    result = subprocess.run(
+        [sys.executable, "-m", "progress_hub.cli", "serve", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
