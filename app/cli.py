@@ -1,4 +1,4 @@
-"""`progress-hub`: serve the hub, run the demo, issue tokens, watch a job."""
+"""`progress-hub`: serve the hub, run the demo, issue tokens, watch a job, migrate keys."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import structlog
 import uvicorn
 from sse_starlette.sse import AppStatus
 
-from progress_hub import watch
+from progress_hub import migrate, watch
 from progress_hub.embedded import EmbeddedServer, NoServerBinary
 from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
@@ -265,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--rounds", default=None, help="stop after N rounds (default: never)")
     demo.add_argument("--stop-with-stdin", action="store_true", help=argparse.SUPPRESS)
     watch.add_parser(sub)
+    migrate.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
@@ -284,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Its retries are debug lines: the screen (or the one-line reason) says enough.
         configure_logging(json=False, level=logging.WARNING)
         return watch.run(args)
+    if args.command == "migrate":
+        return migrate.run(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_BAD_CONFIG
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -432,8 +432,11 @@ class Fanout:
                 delivered += 1
         metrics.EVENTS_DELIVERED.inc(delivered)
 
-    async def _resync(self) -> None:
-        """After a broker outage, give every stream the current state (events may be lost)."""
+    async def _resync(self, channels: Collection[str | None] | None = None) -> None:
+        """After a broker outage, give every stream the current state (events may be lost).
+
+        `channels`: the job ids the broker says may have missed events (None: all).
+        """
         metrics.BROKER_RECONNECTS.inc()
         epoch = self.epoch
         for job_id, channel in list(self._channels.items()):

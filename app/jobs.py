@@ -24,6 +24,8 @@ from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
 from pubsub.tokens import issue_token
 
+log = structlog.get_logger(__name__)
+
 
 def path_job_id(request: Request) -> str:
     """The `{job_id}` of the path, checked against the contract's pattern (400 otherwise)."""
@@ -43,6 +45,7 @@ async def create_job(request: Request) -> Response:
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
     snapshot = await store.create(job_id, pipeline=spec.pipeline, meta=spec.meta)
+    log.info("job_created", job_id=snapshot.job_id, pipeline=spec.pipeline)
     body = msgspec.structs.asdict(snapshot)
     secret = request.state.settings.subscriber_secret
     if secret is not None:

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from progress_hub import health, jobs, polling, sse
+from progress_hub import health, jobs, metrics, polling, sse
 from progress_hub.errors import EXCEPTION_HANDLERS
 from progress_hub.fanout import Fanout
 from progress_hub.headers import EdgeHeadersMiddleware, JSONErrorCORSMiddleware
@@ -173,7 +173,8 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[HubState]:
-        broker = open_broker(broker_url)
+        broker = open_broker(broker_url, replicas=settings.broker_replicas)
+        metrics.watch_feed(broker)
         store = JobStore(broker, pipelines, history=settings.history, retention=settings.retention)
         fanout = Fanout(broker, store, heartbeat=settings.heartbeat)
         stop_listening = shutdown.listen(fanout.drain) if shutdown is not None else None

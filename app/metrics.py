@@ -6,9 +6,14 @@ prometheus-client intends; `GET /metrics` renders `REGISTRY`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pubsub.broker import Broker
 
 REGISTRY: Final = CollectorRegistry()
 
@@ -42,3 +47,38 @@ STREAMS_REFUSED: Final = Counter(
 PUBLISH_SECONDS: Final = Histogram(
     "progress_publish_seconds", "HTTP publish latency", registry=REGISTRY
 )
+
+
+class FeedCollector(Collector):
+    """The broker feed's shard connections (up or not, by node) and re-subscriptions,
+    read from the broker at each scrape (`watch_feed`)."""
+
+    def __init__(self) -> None:
+        self.broker: Broker | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "progress_feed_shard_up",
+            "1 while this process's subscription connection to a shard node is up",
+            labels=["node"],
+        )
+        again = CounterMetricFamily(
+            "progress_feed_resubscriptions",
+            "Subscriptions made again after a possible gap (lost connection, moved slot)",
+        )
+        broker = self.broker
+        if broker is not None:
+            for node, connected in sorted(broker.feed_shards().items()):
+                up.add_metric([node], 1.0 if connected else 0.0)
+            again.add_metric([], broker.feed_resubscriptions)
+        yield up
+        yield again
+
+
+FEED: Final = FeedCollector()
+REGISTRY.register(FEED)
+
+
+def watch_feed(broker: Broker | None) -> None:
+    """Report `broker`'s feed in the metrics from now on (None: stop)."""
+    FEED.broker = broker

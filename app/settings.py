@@ -12,7 +12,15 @@ ENV_PREFIX: Final = "PROGRESS_"
 # The embedded broker's fixed address: the README's worker example publishes there without
 # configuration (README "Ten lines"). 0 takes any free port (the tests do, to run side by side).
 DEFAULT_EMBEDDED_PORT: Final = 6390
-KNOWN_BROKER_SCHEMES: Final = ("memory", "redis", "rediss", "unix", "valkey")
+KNOWN_BROKER_SCHEMES: Final = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "unix",
+    "valkey",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,6 +29,8 @@ class Settings:
 
     broker_url: str | None = None
     """None: `serve` starts an embedded Redis-compatible server and fills this in."""
+    broker_replicas: int = 0
+    """Acknowledge an update only once this many replicas hold it (`WAIT`, docs/api.md §8)."""
     host: str = "127.0.0.1"
     port: int = 8000
     heartbeat: float = 15.0
@@ -51,6 +61,10 @@ class Settings:
                     f"unknown broker scheme {scheme!r} in {self.broker_url!r} "
                     "(use redis://host:port/db or memory://)"
                 )
+        if self.broker_replicas < 0:
+            raise ValueError(f"broker_replicas must be 0 or more, got {self.broker_replicas}")
+        if self.broker_replicas and self.broker_url == "memory://":
+            raise ValueError("broker_replicas needs a Redis broker (memory:// has no replicas)")
         for name in ("heartbeat", "stall_after", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")

@@ -289,18 +289,18 @@ class RawFeedTarget:
         return b'{"event":"progress","snapshot":%s}' % snapshot
 
     async def publish(self, job_id: str, index: int, total: int) -> None:
-        """PUBLISH `{"event":"progress","snapshot":…}` with seq index+1 on the job's channel."""
+        """SPUBLISH `{"event":"progress","snapshot":…}` with seq index+1 on the job's channel."""
         await self.publish_round([job_id], index, total)
 
     async def publish_round(self, job_ids: Sequence[str], index: int, total: int) -> None:
         """Every job's envelope in one pipeline."""
-        from pubsub.brokers.redis import channel
+        from pubsub.brokers.keys import job_channel
 
         if self.client is None:
             raise RuntimeError("raw feed target used outside its server() block")
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.publish(channel(job_id), self._envelope(job_id, index, total))
+            pipe.spublish(job_channel(job_id), self._envelope(job_id, index, total))
         await pipe.execute()
 
     async def aclose(self) -> None:

@@ -9,7 +9,7 @@ subscription feed per process. The rules of *what* to commit live in `pubsub.mer
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -18,8 +18,11 @@ OnMessage = Callable[[bytes, bool], None]
 """Called with each raw envelope delivered to this process, and whether it came through
 the every-job feed (True) or the job's own subscription (False)."""
 
-OnReconnect = Callable[[], Awaitable[None]]
-"""Called after the subscription feed came back from an outage (messages may be lost)."""
+OnGap = Callable[[Collection[str | None]], Awaitable[None]]
+"""Called once subscriptions are (re)established after a possible gap (a shard
+connection lost and replaced, a slot moved to another node, a failover): the job ids
+(None = the every-job feed) whose events may have been missed. The fan-out reloads
+each and gives its streams the current snapshot (or the missed events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +51,24 @@ class MilestoneStep:
 class Broker(Protocol):
     """Storage and pub/sub primitives of one backend (memory, redis)."""
 
-    feed_epoch: int
-    """Counts the times the subscription feed was lost. Whatever this process learnt
-    from the feed in an earlier epoch may be stale: events published while it was down
-    never arrived."""
+    @property
+    def feed_epoch(self) -> int:
+        """+1 whenever any subscription may have missed events. Whatever this process
+        learnt from the feed in an earlier epoch may be stale."""
+        ...
 
     @property
     def feed_up(self) -> bool:
-        """True while the subscription feed is connected (`listen` is delivering)."""
+        """True while every shard connection of the feed is up (`listen` is delivering)."""
+        ...
+
+    @property
+    def feed_resubscriptions(self) -> int:
+        """Subscriptions made again after a possible gap, since start (for the metrics)."""
+        ...
+
+    def feed_shards(self) -> Mapping[str, bool]:
+        """Whether each shard connection of the feed is up, by node (for the metrics)."""
         ...
 
     async def load(self, job_id: str) -> bytes | None:
@@ -109,16 +122,22 @@ class Broker(Protocol):
         """Return when the broker answers; raise `BrokerUnavailable` otherwise."""
         ...
 
-    async def listen(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
-        """Feed every envelope of the subscribed jobs to `on_message`, until cancelled."""
+    async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
+        """Feed every envelope of the subscribed jobs to `on_message`, until cancelled;
+        after a possible gap, tell `on_gap` which subscriptions it touched."""
         ...
 
     async def subscribe(self, job_id: str | None) -> None:
-        """Start receiving one job's events (None: every job's)."""
+        """Start receiving one job's events (None: every job's).
+
+        Returns once the broker confirmed it, so that a read after it misses nothing;
+        concurrent first subscriptions share one round trip; raises `BrokerUnavailable`
+        when it cannot be confirmed.
+        """
         ...
 
     async def unsubscribe(self, job_id: str | None) -> None:
-        """Stop receiving one job's events (None: the every-job feed)."""
+        """Stop receiving one job's events (None: the every-job feed); prompt, best effort."""
         ...
 
     async def aclose(self) -> None:
@@ -144,15 +163,28 @@ def unreachable_hint(url: str) -> str:
     )
 
 
-def open_broker(url: str) -> Broker:
-    """The broker for `url`: `memory://` or `redis://host:port/db` (also `rediss://`)."""
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix", "valkey")
+
+
+def open_broker(url: str, *, replicas: int = 0) -> Broker:
+    """The broker for `url`: `memory://`, or `redis://host:port/db` naming one server or
+    any node of a cluster (also `rediss://`; `redis+cluster://` forces cluster mode).
+
+    Args:
+        replicas: acknowledge a commit only once this many replicas hold it (Redis only,
+            docs/api.md §8).
+    """
+    if replicas < 0:
+        raise ValueError(f"replicas must be 0 or more, got {replicas}")
     scheme = urlsplit(url).scheme
     if scheme == "memory":
+        if replicas:
+            raise ValueError("the memory broker has no replicas")
         from pubsub.brokers.memory import MemoryBroker
 
         return MemoryBroker()
-    if scheme in ("redis", "rediss", "unix", "valkey"):
+    if scheme in REDIS_SCHEMES:
         from pubsub.brokers.redis import RedisBroker
 
-        return RedisBroker(url)
+        return RedisBroker(url, replicas=replicas)
     raise ValueError(f"unknown broker scheme {scheme!r} in {url!r} (use redis:// or memory://)")

@@ -112,6 +112,11 @@ def combine(first: Update, second: Update) -> Update:
         heartbeat=True if first.heartbeat is True or second.heartbeat is True else UNSET,
         attempt=_newest(first.attempt, second.attempt),
         max_attempts=_newest(first.max_attempts, second.max_attempts),
+        # A worker's own ETA belongs to the progress it came with: a later move of
+        # progress without one leaves the estimate to the hub (docs/api.md §1).
+        eta_seconds=second.eta_seconds
+        if _progress_source(second) is not None
+        else _newest(first.eta_seconds, second.eta_seconds),
     )
 
 

@@ -22,6 +22,7 @@ MAX_MESSAGE_CHARS: Final = 1000
 MAX_ERROR_CHARS: Final = 4000
 MAX_META_BYTES: Final = 8 * 1024
 MAX_RESULT_BYTES: Final = 1024 * 1024
+MAX_ETA_SECONDS: Final = 10_000_000
 
 
 class JobStatus(enum.StrEnum):
@@ -53,6 +54,7 @@ Attempt = Annotated[int, Meta(ge=1, le=1_000_000)]
 Message = Annotated[str, Meta(max_length=MAX_MESSAGE_CHARS)]
 ErrorText = Annotated[str, Meta(max_length=MAX_ERROR_CHARS)]
 StageKey = Annotated[str, Meta(min_length=1, max_length=64)]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_ETA_SECONDS)]
 
 
 class ChunkRef(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -132,6 +134,7 @@ class Update(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     heartbeat: bool | UnsetType = UNSET
     attempt: Attempt | None | UnsetType = UNSET
     max_attempts: Attempt | None | UnsetType = UNSET
+    eta_seconds: Seconds | UnsetType = UNSET
 
 
 class CreateJob(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

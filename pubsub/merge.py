@@ -179,7 +179,7 @@ def apply_update(
         chunks=chunks,
         attempt=attempt,
         max_attempts=max_attempts,
-        eta_seconds=_eta(status, progress, now, run_started_at, run_started_progress),
+        eta_seconds=_eta(status, progress, now, run_started_at, run_started_progress, update),
         error=error,
         meta=meta,
         has_result=old.has_result or update.result is not UNSET,
@@ -275,10 +275,16 @@ def _eta(
     now: float,
     started_at: float | None,
     started_progress: float,
+    update: Update,
 ) -> float | None:
     if status is JobStatus.COMPLETED:
         return 0.0
-    if status is not JobStatus.RUNNING or started_at is None:
+    if status is not JobStatus.RUNNING:
+        return None
+    if update.eta_seconds is not UNSET:
+        # The publisher's own estimate (tqdm's rate, say) for this update: docs/api.md §1.
+        return update.eta_seconds
+    if started_at is None:
         return None
     elapsed, gained = now - started_at, progress - started_progress
     if elapsed < ETA_MIN_SECONDS or gained < ETA_MIN_PROGRESS:

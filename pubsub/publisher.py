@@ -59,6 +59,7 @@ from pubsub.errors import (
     PayloadTooLarge,
 )
 from pubsub.events import Snapshot, Update, is_valid_job_id
+from pubsub.exits import fails_job
 from pubsub.pipelines import PipelineRegistry
 from pubsub.store import DEFAULT_HISTORY, DEFAULT_RETENTION, JobStore
 from pubsub.updates import UpdateBuilder
@@ -148,18 +149,22 @@ class Tracker:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         raise_on_cancel: bool = False,
         cancel_poll_interval: float | None = DEFAULT_CANCEL_POLL_SECONDS,
+        replicas: int = 0,
     ) -> Tracker:
         """A tracker with a broker connection of its own, closed when it exits.
 
-        `history` and `retention` should match the hub's (the defaults do): whoever
-        commits the final update sets how long the finished job is kept. The other
-        options are the constructor's.
+        `broker_url` is any URL of `pubsub.open_broker` (one Redis, any node of a
+        cluster). `history` and `retention` should match the hub's (the defaults do):
+        whoever commits the final update sets how long the finished job is kept.
+        `replicas`: an update counts as published only once this many replicas hold it
+        (docs/api.md §8); until then it is kept and retried like one sent during an
+        outage. The other options are the constructor's.
         """
         if job_id is None:
             # Untracked: calls are still checked against the pipeline, never published.
             store = JobStore(open_broker("memory://"), pipelines)
         else:
-            broker = open_broker(broker_url)
+            broker = open_broker(broker_url, replicas=replicas)
             store = JobStore(broker, pipelines, history=history, retention=retention)
         tracker = cls(
             store,
@@ -210,9 +215,16 @@ class Tracker:
         """Progress within the current stage, from 0 to 1."""
         self._queue(self._builder.advance(fraction, message))
 
-    async def set(self, percent: float, message: str | None = None) -> None:
-        """Set the overall percent explicitly (0-100)."""
-        self._queue(self._builder.set(percent, message))
+    async def set(
+        self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
+    ) -> None:
+        """Set the overall percent explicitly (0-100).
+
+        Args:
+            eta_seconds: seconds left by the caller's own estimate (tqdm's rate, say),
+                published instead of the hub's average-rate ETA (docs/api.md §1).
+        """
+        self._queue(self._builder.set(percent, message, eta_seconds))
 
     async def message(self, text: str) -> None:
         """Say what is happening, without moving progress."""
@@ -312,9 +324,9 @@ class Tracker:
         tb: TracebackType | None,
     ) -> None:
         try:
-            # Only errors fail the job: a cancelled or interrupted worker may be retried.
+            # Only errors fail the job, and not a framework's retry (`pubsub.exits`).
             # A pipeline stopping on a cancel request did what was asked: it is cancelled.
-            if isinstance(exc, Exception) and not self._ended and not self._closed:
+            if fails_job(exc) and not self._ended and not self._closed:
                 if isinstance(exc, JobCancelled):
                     await self.cancel()
                 else:

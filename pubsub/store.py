@@ -112,7 +112,8 @@ class JobStore:
         committed, _ = await self.broker.commit(self._commit(record, expected_seq=0))
         if not committed:
             raise JobExists(job_id)
-        log.info("job_created", job_id=job_id, pipeline=pipeline)
+        # No log line here: producers create jobs too (`pubsub.announce`, one per
+        # `.delay()`), and an unconfigured structlog prints every line; the hub logs it.
         return record.snapshot
 
     async def publish(

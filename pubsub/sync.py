@@ -34,6 +34,7 @@ import anyio
 
 from pubsub.errors import JobCancelled
 from pubsub.events import Snapshot
+from pubsub.exits import fails_job
 from pubsub.pipelines import PipelineRegistry
 from pubsub.publisher import Tracker
 
@@ -49,6 +50,7 @@ class TrackerOptions(TypedDict, total=False):
     close_timeout: float
     raise_on_cancel: bool
     cancel_poll_interval: float | None
+    replicas: int
 
 
 T = TypeVar("T")
@@ -135,6 +137,7 @@ class SyncTracker:
             Tracker.connect, broker_url, job_id, pipeline=pipeline, **options
         )
         self.job_id = job_id
+        self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._host: concurrent.futures.Future[None] | None = None
         self._closing: anyio.Event | None = None
@@ -213,9 +216,11 @@ class SyncTracker:
         """Progress within the current stage, from 0 to 1."""
         self._call(lambda t: t.advance(fraction, message))
 
-    def set(self, percent: float, message: str | None = None) -> None:
-        """Set the overall percent explicitly (0-100)."""
-        self._call(lambda t: t.set(percent, message))
+    def set(
+        self, percent: float, message: str | None = None, *, eta_seconds: float | None = None
+    ) -> None:
+        """Set the overall percent explicitly (0-100), with the caller's own ETA if it has one."""
+        self._call(lambda t: t.set(percent, message, eta_seconds=eta_seconds))
 
     def message(self, text: str) -> None:
         """Say what is happening, without moving progress."""
@@ -272,8 +277,8 @@ class SyncTracker:
     def close(self) -> None:
         """Publish what is queued (within the tracker's `close_timeout`), then stop."""
         loop, host, self._loop = self._loop, self._host, None
-        if loop is None or host is None:
-            return
+        if loop is None or host is None or self._forked():
+            return  # after a fork the loop belongs to the parent: nothing of it is here
         try:
             closing = self._closing
             assert closing is not None
@@ -292,7 +297,8 @@ class SyncTracker:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if isinstance(exc, Exception) and not self.ended and self._loop is not None:
+            # Only errors fail the job, and not a framework's retry (`pubsub.exits`).
+            if fails_job(exc) and not self.ended and self._loop is not None and not self._forked():
                 # Stopping on a cancel request is what was asked (docs/api.md §9).
                 if isinstance(exc, JobCancelled):
                     self.cancel()
@@ -300,6 +306,9 @@ class SyncTracker:
                     self.fail(str(exc) or type(exc).__name__)
         finally:
             self.close()
+
+    def _forked(self) -> bool:
+        return os.getpid() != self._pid
 
     def _call(
         self, call: Callable[[Tracker], Coroutine[Any, Any, T]], timeout: float | None = None
@@ -310,6 +319,10 @@ class SyncTracker:
         if self._loop is None:
             coroutine.close()
             raise RuntimeError("this SyncTracker is closed")
+        if self._forked():
+            coroutine.close()
+            # Its loop thread did not survive the fork: waiting on it would hang forever.
+            raise RuntimeError("this SyncTracker was opened before a fork; open one per process")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)

@@ -15,6 +15,7 @@ from msgspec import UNSET
 from pubsub.errors import InvalidUpdate, PayloadTooLarge
 from pubsub.events import (
     MAX_ERROR_CHARS,
+    MAX_ETA_SECONDS,
     MAX_MESSAGE_CHARS,
     ChunkRef,
     ChunksPatch,
@@ -71,11 +72,15 @@ class UpdateBuilder:
             raise ValueError(f"fraction must be within 0-1, got {fraction}")
         return Update(stage_progress=float(fraction), message=_message(message))
 
-    def set(self, percent: float, message: str | None) -> Update:
-        """An explicit overall percent."""
+    def set(self, percent: float, message: str | None, eta_seconds: float | None = None) -> Update:
+        """An explicit overall percent, with the caller's own ETA when it has one."""
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be within 0-100, got {percent}")
-        return Update(progress=float(percent), message=_message(message))
+        if eta_seconds is not None and not (math.isfinite(eta_seconds) and eta_seconds >= 0):
+            raise ValueError(f"eta_seconds must be a number of seconds from 0, got {eta_seconds}")
+        # Cut, never refused: an estimate from a slow start can be absurdly long.
+        eta = UNSET if eta_seconds is None else round(min(eta_seconds, MAX_ETA_SECONDS), 1)
+        return Update(progress=float(percent), message=_message(message), eta_seconds=eta)
 
     def message(self, text: str) -> Update:
         """A human line, without moving progress."""

@@ -15,6 +15,7 @@ from progress_hub.embedded import EmbeddedServer
 from progress_hub.settings import Settings
 from pubsub.broker import open_broker
 from pubsub.store import JobStore
+from tests.cluster import RedisCluster, running_cluster
 from tests.hub import ThreadHub, run_hub
 
 # CI runs every test: a test that skips there (no Chromium, no node) fails the run, so a
@@ -52,6 +53,46 @@ def redis_url(redis_server: EmbeddedServer) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+# Small enough that a killed master's replica takes over in about three seconds, large
+# enough that a loaded 2-core machine does not fail a master over by itself.
+CLUSTER_NODE_TIMEOUT_MS = 1500
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private Redis Cluster (3 masters, a replica each) for this test session only.
+
+    Tests that break it (kill a node) take `breakable_cluster`, which mends it after them.
+    """
+    with running_cluster(masters=3, replicas=1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The private cluster's URL (one node names it all), every master emptied first."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def breakable_cluster(redis_cluster: RedisCluster) -> Iterator[RedisCluster]:
+    """The private cluster, emptied, for a test that may kill its nodes or move its slots.
+
+    Afterwards every killed node is started again (it rejoins as a replica) and the
+    cluster is awaited until it is whole, so the next test finds 3 masters + 3 replicas.
+    """
+    redis_cluster.flushall()
+    try:
+        yield redis_cluster
+    finally:
+        for node in redis_cluster.nodes:
+            if not node.alive:
+                redis_cluster.restart(node)
+        redis_cluster.wait_settled()
+        redis_cluster.wait_replicated()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from pubsub.broker import Commit, MilestoneStep, OnMessage, OnReconnect
+from pubsub.broker import Commit, MilestoneStep, OnGap, OnMessage
 from pubsub.errors import BrokerUnavailable
 
 
@@ -29,6 +29,10 @@ class MemoryBroker:
     """A `Broker` that lives in this process only (no persistence, no other hubs)."""
 
     feed_epoch = 0  # its feed is a function call: never lost
+    feed_resubscriptions = 0
+
+    def feed_shards(self) -> dict[str, bool]:
+        return {"memory": self.feed_up}
 
     @property
     def feed_up(self) -> bool:
@@ -131,7 +135,7 @@ class MemoryBroker:
     async def ping(self) -> None:
         return None
 
-    async def listen(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
+    async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
         self._on_message = on_message
         try:
             await anyio.sleep_forever()

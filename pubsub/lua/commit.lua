@@ -1,18 +1,27 @@
 -- Commit one job update atomically, if nobody else committed since it was read.
--- KEYS: job hash, history list, result, milestone cursors (one hash slot: the job id).
--- ARGV: expected seq, record, snapshot, channel, envelope, ttl, history length, result ('' = keep)
+-- KEYS: job hash, history list, result, milestone cursors, partition index, job channel,
+--       partition channel (one hash slot: the partition's tag, see pubsub/brokers/keys.py).
+-- ARGV: expected seq, record, snapshot, envelope, ttl, history length,
+--       result ('' = keep), job id, creation time.
+-- The events go out with SPUBLISH from here: Redis (7.0 and later, cluster mode too)
+-- accepts it in a script when the channel is in the script's slot, so the write and its
+-- publication are one atomic step, on one server or a cluster.
 local current = redis.call('HGET', KEYS[1], 'seq') or '0'
 if current ~= ARGV[1] then
   return {0, redis.call('HGET', KEYS[1], 'record')}
 end
 redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), 'record', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
-if ARGV[8] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[8])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[7])
 end
 for i = 1, 4 do
-  redis.call('EXPIRE', KEYS[i], ARGV[6])
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if current == '0' then
+  redis.call('ZADD', KEYS[5], ARGV[9], ARGV[8])
+end
+redis.call('SPUBLISH', KEYS[6], ARGV[4])
+redis.call('SPUBLISH', KEYS[7], ARGV[4])
 return {1}

@@ -11,7 +11,7 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 
-from pubsub.brokers.redis import channel
+from pubsub.brokers.keys import job_channel
 from pubsub.events import ENCODER, JobStatus, Snapshot, Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
@@ -64,7 +64,7 @@ async def _flood(redis_url: str, base: Snapshot, count: int) -> int:
                         base, seq=base.seq + 1 + i, message=f"step {i}", meta=meta
                     )
                     envelope = b'{"event":"progress","snapshot":%s}' % ENCODER.encode(snapshot)
-                    pipe.publish(channel(base.job_id), envelope)
+                    pipe.spublish(job_channel(base.job_id), envelope)
                 await pipe.execute()
     finally:
         await client.aclose()
@@ -189,8 +189,8 @@ async def test_client_churn_leaves_no_subscription_behind(redis_url: str, store:
             rss_after = rss_kib(hub.process.pid)
             raw = redis.Redis.from_url(redis_url)
             try:
-                channels = raw.pubsub_channels("progress:events:*")
-                counts = dict(raw.pubsub_numsub(*(f"progress:events:{job}" for job in jobs)))
+                channels = raw.pubsub_shardchannels("progress:*")
+                counts = dict(raw.pubsub_shardnumsub(*(job_channel(job) for job in jobs)))
                 patterns = raw.pubsub_numpat()
             finally:
                 raw.close()

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from progress_hub.embedded import EmbeddedServer
+from pubsub.brokers.keys import job_channel
 from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric
@@ -148,7 +149,7 @@ async def test_garbage_on_a_job_channel_is_logged_and_ignored(
                 raw = redis.Redis.from_url(own_redis.url)
                 try:
                     for payload in (b"garbage", b'{"event":"progress"}', b"\xff\xfe", b"[]"):
-                        assert raw.publish("progress:events:garbage", payload) == 1
+                        assert raw.spublish(job_channel("garbage"), payload) == 1
                 finally:
                     raw.close()
                 seq = await _publish(http, "garbage", {"progress": 40})

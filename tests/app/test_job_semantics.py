@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from pubsub.brokers.redis import INDEX_KEY
+from pubsub.brokers.keys import index_key, partition
 from pubsub.publisher import Tracker
 from pubsub.store import ACTIVE_TTL
 from tests.conditions import eventually
@@ -52,6 +52,27 @@ async def test_eta_is_null_until_meaningful_then_follows_the_rate_then_zero(
     assert retrying["eta_seconds"] is None, "no estimate while waiting to retry"
     done = await _post(client, "eta-1", status="completed")
     assert (done["eta_seconds"], done["progress"]) == (0, 100)
+
+
+@pytest.mark.parametrize("eta", [-1, "soon", 10_000_001])
+async def test_eta_from_the_worker_is_checked_like_any_field(
+    client: httpx.AsyncClient, eta: object
+) -> None:
+    response = await client.post("/api/jobs/eta-bad/events", json={"eta_seconds": eta})
+
+    assert response.status_code == 400
+    assert "eta_seconds" in response.json()["error"]
+
+
+async def test_eta_from_the_worker_is_shown_while_it_runs(client: httpx.AsyncClient) -> None:
+    running = await _post(client, "eta-own", status="running", progress=40, eta_seconds=12.5)
+    assert running["eta_seconds"] == 12.5, "the worker's own estimate, at once"
+
+    beat = await _post(client, "eta-own", heartbeat=True)
+    assert beat["eta_seconds"] is None, "without one the hub's own rule applies again"
+
+    done = await _post(client, "eta-own", status="completed", eta_seconds=99)
+    assert done["eta_seconds"] == 0
 
 
 async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) -> None:
@@ -143,8 +164,8 @@ async def test_every_job_key_expires_and_the_index_is_pruned(
 
         keys = cast(list[bytes], await client.keys("*"))
         ttls = {key.decode(): await client.ttl(key) for key in keys}
-        index = ttls.pop(INDEX_KEY)
-        assert index == -1, "the index is pruned instead"
+        for name in {index_key(partition(job)) for job in ("keys-1", "keys-2")}:
+            assert ttls.pop(name) == -1, "the index is pruned instead"
         for key, ttl in ttls.items():
             limit = 2 if "keys-2" in key else ACTIVE_TTL
             assert 0 < ttl <= limit, f"{key} expires in {ttl} s"
@@ -152,7 +173,10 @@ async def test_every_job_key_expires_and_the_index_is_pruned(
         assert len([key for key in ttls if "keys-2" in key]) == 4
 
         async def indexed() -> list[bytes]:
-            return cast(list[bytes], await client.zrange(INDEX_KEY, 0, -1))
+            ids: list[bytes] = []
+            for name in {index_key(partition(job)) for job in ("keys-1", "keys-2")}:
+                ids += cast(list[bytes], await client.zrange(name, 0, -1))
+            return ids
 
         # Nobody lists jobs here: the hub's sweeper alone drops the expired id.
         await eventually(indexed, lambda ids: ids == [b"keys-1"], 10, "index pruned")

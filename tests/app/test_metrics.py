@@ -23,6 +23,7 @@ EXPECTED = [
     "progress_streams_refused_total",
     "progress_publish_seconds_count",
     "progress_publish_seconds_sum",
+    "progress_feed_resubscriptions_total",
 ]
 
 
@@ -33,6 +34,7 @@ async def test_metrics_count_streams_subscriptions_and_events(redis_url: str) ->
             for name in EXPECTED:
                 assert await metric(http, name) == 0, name
             assert 'progress_publish_seconds_bucket{le="0.005"}' in text
+            assert 'progress_feed_shard_up{node="server"} 1.0' in text  # one Redis: one shard
 
             for job_id in ("a", "a", "b"):
                 response = await http.post(f"/api/jobs/{job_id}/events", json={"progress": 1})

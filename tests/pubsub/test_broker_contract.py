@@ -1,4 +1,4 @@
-"""The contract every broker backend keeps, run against memory and a private Redis."""
+"""The contract every broker backend keeps: memory, a private Redis, a private cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tests.conditions import eventually
 
 
 async def _subscribe_when_listening(broker: Broker, job_id: str) -> None:
-    """Subscribe once the listener task has its feed (it connects in its own task)."""
+    """Subscribe once the listener task has its feed (it connects in its own task, to
+    every shard of a cluster)."""
+    await eventually(lambda: broker.feed_up, bool, 5, "the listener has its feed")
 
     async def subscribed() -> bool:
         try:
@@ -25,7 +27,16 @@ async def _subscribe_when_listening(broker: Broker, job_id: str) -> None:
             return False
         return True
 
-    await eventually(subscribed, bool, 5, "the listener got its feed")
+    await eventually(subscribed, bool, 5, "the listener took the subscription")
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn: memory, a private Redis, a private Redis Cluster."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture
@@ -131,13 +142,13 @@ async def test_broker_delivers_envelopes_of_subscribed_jobs_only(broker_url: str
         if len(received) == 2:
             got_two.set()
 
-    async def on_reconnect() -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     assert not broker.feed_up  # nothing listens yet: a hub must not say it is ready
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "watched")
                 assert broker.feed_up
@@ -165,13 +176,13 @@ async def test_store_delete_publishes_deleted_envelope(broker_url: str) -> None:
         if kinds[-1] is EventKind.DELETED:
             deleted.set()
 
-    async def on_reconnect() -> None:
+    async def on_gap(channels: object) -> None:
         return None
 
     await store.publish("doomed", Update(progress=1))
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, on_message, on_reconnect)
+            tg.start_soon(broker.listen, on_message, on_gap)
             with anyio.fail_after(5):
                 await _subscribe_when_listening(broker, "doomed")
                 await store.delete("doomed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 
 import anyio
@@ -11,7 +11,7 @@ import redis.asyncio as redis
 
 from progress_hub.embedded import EmbeddedServer
 from pubsub.broker import open_broker
-from pubsub.brokers import redis as redis_broker
+from pubsub.brokers import keys
 from pubsub.brokers.redis import RedisBroker
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import JobStatus, Snapshot
@@ -170,16 +170,17 @@ async def test_tracker_exit_during_an_outage_gives_up_after_close_timeout(
 
 
 async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
-    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+    server: EmbeddedServer,
 ) -> None:
     # A half-open connection (a dead peer that sent no RST, a NAT that forgot it) looks
     # like Redis not answering; CLIENT PAUSE makes Redis not answer for real.
-    monkeypatch.setattr(redis_broker, "FEED_HEALTH_INTERVAL", 0.2)
-    broker = RedisBroker(server.url)
+    broker = RedisBroker(server.url, probe_interval=0.2)
     reconnected = anyio.Event()
     delivered: list[bytes] = []
+    gaps: list[set[str | None]] = []
 
-    async def on_reconnect() -> None:
+    async def on_gap(jobs: Collection[str | None]) -> None:
+        gaps.append(set(jobs))
         reconnected.set()
 
     async def _delivered() -> list[bytes]:
@@ -194,7 +195,7 @@ async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_reconnect)
+            tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_gap)
             await eventually(subscribed, bool, 5, "the feed is up")
             admin = redis.Redis.from_url(server.url)
             try:
@@ -212,7 +213,7 @@ async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
             assert broker.feed_up
             admin = redis.Redis.from_url(server.url)
             try:
-                await admin.publish(redis_broker.channel("quiet"), b"after")
+                await admin.spublish(keys.job_channel("quiet"), b"after")
             finally:
                 await admin.aclose()
             await eventually(lambda: _delivered(), bool, 5, "events flow again")
@@ -220,3 +221,4 @@ async def test_a_subscription_that_stops_answering_is_replaced_and_resynced(
     finally:
         await broker.aclose()
     assert delivered == [b"after"]
+    assert gaps == [{"quiet"}], "the stream of the job was told what it may have missed"

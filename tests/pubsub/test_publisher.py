@@ -12,6 +12,7 @@ import pytest
 from pubsub.autoadvance import fraction_at
 from pubsub.errors import JobNotFound
 from pubsub.events import ChunkRef, Chunks, JobStatus, Snapshot, Update
+from pubsub.exits import register_not_failure
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.conditions import eventually
@@ -161,6 +162,24 @@ async def test_tracker_context_manager_leaves_an_ended_job_alone(job_store: JobS
 
     snapshot = await job_store.get("done-1")
     assert (snapshot.status, snapshot.error) == (JobStatus.COMPLETED, None)
+
+
+class TryAgainLater(Exception):
+    """A task framework's "this attempt stops, the task goes on" (like Celery's Retry)."""
+
+
+async def test_tracker_context_manager_leaves_a_registered_retry_exception_alone(
+    job_store: JobStore,
+) -> None:
+    register_not_failure(TryAgainLater)
+
+    with pytest.raises(TryAgainLater):
+        async with Tracker(job_store, "retry-1") as job:
+            await job.set(40)
+            raise TryAgainLater()
+
+    snapshot = await job_store.get("retry-1")
+    assert (snapshot.status, snapshot.error, snapshot.progress) == (JobStatus.RUNNING, None, 40)
 
 
 async def test_tracker_coalesces_10000_advances_into_few_publishes(job_store: JobStore) -> None:

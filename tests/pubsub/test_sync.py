@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from multiprocessing.synchronize import Event
@@ -167,3 +169,25 @@ def _get(url: str, job_id: str) -> Snapshot:
     found: list[Snapshot] = []
     run_in_thread(lambda: found.append(anyio.run(_read, url, job_id)), timeout=30, what="the read")
     return found[0]
+
+
+def test_sync_tracker_used_after_a_fork_raises_instead_of_hanging(redis_url: str) -> None:
+    """A prefork child inherits its parent's trackers, whose loop thread stayed behind."""
+    with SyncTracker(redis_url, "forked-1") as job:
+        job.start()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            try:
+                job.message("from the child")
+            except RuntimeError:
+                os._exit(0)
+            os._exit(1)
+        deadline = time.monotonic() + 10
+        while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the child's tracker call hung")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(reaped[1]) == 0, "the child's call did not raise"
+        job.message("the parent's tracker still works")

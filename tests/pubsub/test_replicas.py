@@ -1,0 +1,54 @@
+"""`replicas=N`: an update is acknowledged only once N replicas hold it (docs/api.md §8)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis
+from redis.crc import key_slot
+
+from pubsub.broker import open_broker
+from pubsub.brokers import keys
+from pubsub.errors import BrokerUnavailable
+from pubsub.events import Update
+from pubsub.store import JobStore
+from tests.cluster import RedisCluster
+from tests.conftest import HubFactory
+
+
+async def test_acknowledged_update_is_already_on_the_replica(
+    redis_cluster: RedisCluster, cluster_url: str
+) -> None:
+    store = JobStore(open_broker(cluster_url, replicas=1))
+    try:
+        snapshot = await store.publish("replicated-1", Update(progress=30))
+    finally:
+        await store.broker.aclose()
+    slot = key_slot(keys.job_key("replicated-1").encode())
+    replica = redis_cluster.replica_of(redis_cluster.master_of_slot(slot))
+    # Read the replica itself, right after the acknowledgement, with no wait of ours.
+    reader = redis.Redis(port=replica.port, single_connection_client=True)
+    try:
+        reader.execute_command("READONLY")  # type: ignore[no-untyped-call]
+        seq = reader.hget(keys.job_key("replicated-1"), "seq")
+    finally:
+        reader.close()
+    assert seq == str(snapshot.seq).encode()
+
+
+async def test_update_no_replica_confirms_is_refused_with_503_and_retry_after(
+    redis_url: str, start_hub: HubFactory
+) -> None:
+    # One server, no replica: nothing can confirm.
+    store = JobStore(open_broker(redis_url, replicas=1))
+    try:
+        with pytest.raises(BrokerUnavailable, match="replicas confirmed"):
+            await store.publish("lonely", Update(progress=1))
+    finally:
+        await store.broker.aclose()
+    hub = start_hub(broker_replicas=1)
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        response = await http.post("/api/jobs/lonely-http/events", json={"progress": 5})
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert "replicas" in response.json()["error"]
