@@ -24,8 +24,10 @@ from pathlib import Path
 import redis
 
 from progress_hub.embedded import EmbeddedServer, find_server_binary, free_port
+from tests.conditions import wait_until
 
 SETTLE_TIMEOUT = 30.0
+# A cluster has no event to wait on: its state is polled this often.
 POLL_INTERVAL = 0.05
 SLOTS = 16384
 
@@ -46,15 +48,6 @@ def find_cli_binary(server_binary: str) -> str:
         if candidate.is_file():
             return str(candidate)
     raise RuntimeError("no redis-cli / valkey-cli to create a cluster with")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    """Poll `condition` (a cluster has no event to wait on) until true; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{message} (within {timeout} s)")
-        time.sleep(POLL_INTERVAL)
 
 
 @dataclass(slots=True)
@@ -246,7 +239,7 @@ class RedisCluster:
     def wait_settled(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until `cluster_state:ok` on every live node and one agreed slot map, served
         by live masters only (so after `kill` of a master: until its replica took over)."""
-        wait_for(self._settled, timeout, "the cluster did not settle")
+        wait_until(self._settled, timeout, "the cluster did not settle", POLL_INTERVAL)
 
     def _replicated(self) -> bool:
         try:
@@ -272,7 +265,9 @@ class RedisCluster:
 
     def wait_replicated(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until every master has its replicas online (after a restart, a resync)."""
-        wait_for(self._replicated, timeout, "the masters' replicas did not come online")
+        wait_until(
+            self._replicated, timeout, "the masters' replicas did not come online", POLL_INTERVAL
+        )
 
     def master_nodes(self) -> list[ClusterNode]:
         """The live nodes that serve slots now, in node order."""
@@ -344,7 +339,7 @@ class RedisCluster:
                 return False
             return isinstance(role, list) and role[0] == b"master"
 
-        wait_for(promoted, timeout, f"{node.address} was not promoted")
+        wait_until(promoted, timeout, f"{node.address} was not promoted", POLL_INTERVAL)
         return time.monotonic()
 
     def kill(self, node: ClusterNode) -> None:
