@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from bench import library, profile
+from bench import cluster, library, profile
 from bench.fleet import percentile
 from bench.load import http_publish, polling
 from bench.procs import raise_fd_limit, redis_server
@@ -41,7 +41,7 @@ from bench.scenarios import (
 )
 from bench.targets import BaselineTarget, HubTarget, RawFeedTarget, Target, hub_available
 
-SCENARIOS = ("streams", "fanout", "many", "library", "http", "poll", "scaling")
+SCENARIOS = ("streams", "fanout", "many", "library", "http", "poll", "scaling", "cluster")
 console = Console(width=max(150, Console().width))
 
 
@@ -303,6 +303,8 @@ async def run(args: argparse.Namespace) -> Report:
                 )
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
+        if "cluster" in chosen and built:
+            await cluster.cluster_rows(ctx, report, console)
     return report
 
 

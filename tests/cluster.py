@@ -103,6 +103,7 @@ class NodeView:
 
     node_id: str
     port: int
+    bus_port: int
     flags: frozenset[str]
     master_id: str | None
     slots: list[tuple[int, int]]
@@ -120,7 +121,8 @@ def parse_nodes(text: str) -> list[NodeView]:
         parts = line.split()
         if len(parts) < 8:
             continue
-        port = int(parts[1].split("@", 1)[0].rsplit(":", 1)[1])
+        address, _, bus = parts[1].partition("@")
+        port = int(address.rsplit(":", 1)[1])
         slots = []
         for item in parts[8:]:
             if item.startswith("["):  # a slot being imported or migrated
@@ -131,6 +133,7 @@ def parse_nodes(text: str) -> list[NodeView]:
             NodeView(
                 node_id=parts[0],
                 port=port,
+                bus_port=int(bus.split(",", 1)[0]),
                 flags=frozenset(parts[2].split(",")),
                 master_id=None if parts[3] == "-" else parts[3],
                 slots=slots,
@@ -204,6 +207,44 @@ class RedisCluster:
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")
             raise RuntimeError(f"redis-cli --cluster create failed: {output[-500:]}")
+
+    def add_replica(self, master: ClusterNode) -> ClusterNode:
+        """Start one more server and make it a replica of `master` (CLUSTER MEET, then
+        CLUSTER REPLICATE); return it once it is in sync."""
+        assert self.workdir is not None
+        node_dir = self.workdir / str(len(self.nodes))
+        node_dir.mkdir()
+        binary = self.nodes[0].server.binary
+        node = ClusterNode(EmbeddedServer(binary=binary, extra_args=self._args(node_dir)))
+        node.server.start()
+        self.nodes.append(node)
+        master_id = master.node_id()
+        bus_port = next(view.bus_port for view in self.view(master) if view.node_id == master_id)
+        # The bus port is not port + 10000 here (`--cluster-port`): MEET must be told it.
+        node.command("CLUSTER", "MEET", "127.0.0.1", master.port, bus_port)
+
+        def known() -> bool:
+            return any(view.node_id == master_id for view in self.view(node))
+
+        wait_until(known, SETTLE_TIMEOUT, f"{node.address} did not meet the cluster", POLL_INTERVAL)
+        node.command("CLUSTER", "REPLICATE", master_id)
+
+        def in_sync() -> bool:
+            client = node.client()
+            try:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+            finally:
+                client.close()
+            return node in self.replicas_of(master)  # and the others know it
+
+        wait_until(
+            in_sync,
+            SETTLE_TIMEOUT,
+            f"{node.address} did not sync with {master.address}",
+            POLL_INTERVAL,
+        )
+        return node
 
     def live_nodes(self) -> list[ClusterNode]:
         """The nodes whose process is running."""
@@ -294,13 +335,21 @@ class RedisCluster:
                 return self.node_of(view.port)
         raise LookupError(f"no master serves slot {slot}")
 
+    def replicas_of(self, master: ClusterNode) -> list[ClusterNode]:
+        """The live replicas of `master`."""
+        master_id = master.node_id()
+        return [
+            self.node_of(view.port)
+            for view in self.view()
+            if view.master_id == master_id and "fail" not in view.flags
+        ]
+
     def replica_of(self, master: ClusterNode) -> ClusterNode:
         """A live replica of `master`."""
-        master_id = master.node_id()
-        for view in self.view():
-            if view.master_id == master_id and "fail" not in view.flags:
-                return self.node_of(view.port)
-        raise LookupError(f"{master.address} has no live replica")
+        replicas = self.replicas_of(master)
+        if not replicas:
+            raise LookupError(f"{master.address} has no live replica")
+        return replicas[0]
 
     def move_slot(
         self, slot: int, target: ClusterNode, between_keys: Callable[[], None] | None = None
@@ -329,18 +378,26 @@ class RedisCluster:
             for node in (target, source, *others):
                 node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
-    def wait_promoted(self, node: ClusterNode, timeout: float = SETTLE_TIMEOUT) -> float:
-        """Wait until replica `node` says it is a master (`ROLE`); when it did (monotonic)."""
+    def wait_promoted(
+        self, candidates: list[ClusterNode], timeout: float = SETTLE_TIMEOUT
+    ) -> tuple[ClusterNode, float]:
+        """Wait until one of the replicas `candidates` says it is a master (`ROLE`): which,
+        and when it first said so (monotonic)."""
+        promoted: list[ClusterNode] = []
 
-        def promoted() -> bool:
-            try:
-                role = node.command("ROLE")
-            except (redis.ConnectionError, redis.TimeoutError):
-                return False
-            return isinstance(role, list) and role[0] == b"master"
+        def any_promoted() -> bool:
+            for node in candidates:
+                try:
+                    role = node.command("ROLE")
+                except (redis.ConnectionError, redis.TimeoutError):
+                    continue
+                if isinstance(role, list) and role[0] == b"master":
+                    promoted.append(node)
+                    return True
+            return False
 
-        wait_until(promoted, timeout, f"{node.address} was not promoted", POLL_INTERVAL)
-        return time.monotonic()
+        wait_until(any_promoted, timeout, "no replica was promoted", POLL_INTERVAL)
+        return promoted[0], time.monotonic()
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one server, as a crash would."""

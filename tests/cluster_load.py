@@ -60,12 +60,18 @@ class Publisher:
 
     job_id: str
     acks: list[Ack] = field(default_factory=list)
-    refused: int = 0
+    refusals: list[float] = field(default_factory=list)  # when HTTP publishes got a 503
 
     @property
     def last(self) -> Ack:
         """The last acknowledged update."""
         return self.acks[-1]
+
+    def served_again(self) -> float | None:
+        """When the first update after the first refusal was acknowledged (None: no refusal)."""
+        if not self.refusals:
+            return None
+        return next((ack.at for ack in self.acks if ack.at > self.refusals[0]), None)
 
 
 async def publish_http(
@@ -83,16 +89,21 @@ async def publish_http(
             return True
         assert response.status_code == 503, response.text
         assert int(response.headers["retry-after"]) >= 1
-        publisher.refused += 1
+        publisher.refusals.append(time.monotonic())
         await asyncio.sleep(RETRY_PACING)
         return False
 
     while not stop.is_set():
         if await once(f"http {step}"):
             step += 1
-    async with asyncio.timeout(FINAL_PUBLISH_TIMEOUT):
-        while not await once(f"http final {step}"):
-            pass
+    try:
+        async with asyncio.timeout(FINAL_PUBLISH_TIMEOUT):
+            while not await once(f"http final {step}"):
+                pass
+    except TimeoutError:
+        raise AssertionError(
+            f"HTTP publishes to {publisher.job_id} refused for {FINAL_PUBLISH_TIMEOUT} s"
+        ) from None
 
 
 async def publish_library(
@@ -112,8 +123,14 @@ async def publish_library(
         while not stop.is_set():
             await once(f"lib {step}")
             step += 1
-        async with asyncio.timeout(FINAL_PUBLISH_TIMEOUT):
-            await once(f"lib final {step}")
+        try:
+            async with asyncio.timeout(FINAL_PUBLISH_TIMEOUT):
+                await once(f"lib final {step}")
+        except TimeoutError:
+            raise AssertionError(
+                f"the library's publishes to {publisher.job_id} not flushed within "
+                f"{FINAL_PUBLISH_TIMEOUT} s (outage: {tracker.outage})"
+            ) from None
 
 
 @dataclass
@@ -143,13 +160,23 @@ class Watcher:
         return decoded
 
     def gaps(self) -> int:
-        """Progress events that skipped a seq (a snapshot may jump; an event may not)."""
-        seqs = [(event.event, event.seq) for _, event in self.events]
-        return sum(
-            1
-            for (_, before), (kind, after) in zip(seqs, seqs[1:], strict=False)
-            if kind == "progress" and after != before + 1
-        )
+        """Progress events past the highest seq delivered + 1: events missed with no
+        snapshot in their place."""
+        high, missed = 0, 0
+        for _, event in self.events:
+            if event.event == "progress" and event.seq > high + 1:
+                missed += 1
+            high = max(high, event.seq)
+        return missed
+
+    def regressions(self) -> int:
+        """Events older than one the stream had already delivered (a stale state shown)."""
+        high, stale = 0, 0
+        for _, event in self.events:
+            if event.seq < high:
+                stale += 1
+            high = max(high, event.seq)
+        return stale
 
 
 @dataclass

@@ -24,10 +24,3 @@ def test_cluster_fixture_serves_keys_from_every_master(
     assert len(redis_cluster.master_nodes()) == 3
     assert owners == {node.port for node in redis_cluster.master_nodes()}
 
-
-def test_breakable_cluster_mends_after_a_killed_master(breakable_cluster: RedisCluster) -> None:
-    master = breakable_cluster.master_nodes()[0]
-    replica = breakable_cluster.replica_of(master)
-    breakable_cluster.kill(master)
-    breakable_cluster.wait_settled()
-    assert replica in breakable_cluster.master_nodes()

@@ -110,20 +110,30 @@ def test_dashboard_keeps_up_with_500_jobs_updating_at_once(
     expect(page.locator("#jobs .job")).to_have_count(MANY_JOBS, timeout=20_000)
     expect(page.locator("#job-count")).to_have_text(f"({MANY_JOBS})")
 
-    # Count main-thread tasks over 50 ms (the browser's "long task") during the burst.
+    # What the page does to the DOM during the burst, counted rather than timed (a
+    # loaded machine makes any time limit flaky): rows updated in place, at most once
+    # per row and frame, never the list rebuilt per event.
     page.evaluate(
         """() => {
-            window.longTasks = [];
-            new PerformanceObserver((list) => {
-                for (const entry of list.getEntries()) window.longTasks.push(entry.duration);
-            }).observe({ type: 'longtask' });
+            window.work = { rowsAdded: 0, barChanges: 0 };
+            new MutationObserver((records) => {
+                for (const record of records) {
+                    if (record.type === 'attributes') window.work.barChanges += 1;
+                    else if (record.target.id === 'jobs') {
+                        window.work.rowsAdded += record.addedNodes.length;
+                    }
+                }
+            }).observe(document.getElementById('jobs'), {
+                subtree: true, childList: true,
+                attributes: true, attributeFilter: ['aria-valuenow'],
+            });
         }"""
     )
     burst = [(job_id, Update(progress=percent)) for percent in (40, 99) for job_id in ids]
     publish_to_broker(redis_url, *burst)
     expect(page.locator('#jobs [aria-valuenow="99"]')).to_have_count(MANY_JOBS, timeout=20_000)
-    long_tasks: list[float] = page.evaluate("window.longTasks")
-    # Per-frame batching keeps each frame's work short; a full redraw per event
-    # would add up to seconds of blocked main thread.
-    assert sum(long_tasks) < 1500, f"main thread blocked in long tasks: {long_tasks}"
-    assert max(long_tasks, default=0) < 400, f"a frame took too long: {long_tasks}"
+    work: dict[str, int] = page.evaluate("window.work")
+    assert work["rowsAdded"] == 0, f"rows were rebuilt instead of updated: {work}"
+    # Each row's bar moves to 40 and then 99, or straight to 99 when both arrive in one
+    # frame: never more than the events it got.
+    assert MANY_JOBS <= work["barChanges"] <= len(burst), work
