@@ -10,9 +10,11 @@ Requests with oversized headers are refused here too, before any route runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import structlog
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from progress_hub.errors import error_response
@@ -28,22 +30,22 @@ ALWAYS_ADMITTED: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_HEADER_BYTES: Final = 16 * 1024
 
 
-def is_stream_request(scope: Scope) -> bool:
-    """True for the event-stream routes: `GET /api/events`, `GET /api/jobs/{id}/events`."""
-    if scope["method"] not in ("GET", "HEAD"):
-        return False
-    path: str = scope["path"]
-    return path == "/api/events" or (path.startswith("/api/jobs/") and path.endswith("/events"))
+def is_stream_request(scope: Scope, stream_routes: Sequence[Route]) -> bool:
+    """True for a request that one of `stream_routes` (`app.routes.STREAM_ROUTES`) serves."""
+    return any(route.matches(scope)[0] is Match.FULL for route in stream_routes)
 
 
 class AdmissionMiddleware:
     """Pure ASGI, so that it neither buffers streams nor costs a task per request."""
 
-    def __init__(self, app: ASGIApp, *, max_connections: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_connections: int, stream_routes: Sequence[Route]
+    ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.app = app
         self.max_connections = max_connections
+        self.stream_routes = tuple(stream_routes)
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,7 +61,7 @@ class AdmissionMiddleware:
             return
         if self.in_flight >= self.max_connections:
             log.debug("request_refused", path=scope["path"], in_flight=self.in_flight)
-            if is_stream_request(scope):
+            if is_stream_request(scope, self.stream_routes):
                 await turn_away()(scope, receive, send)
             else:
                 await error_response(Overloaded(self.max_connections))(scope, receive, send)

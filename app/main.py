@@ -10,21 +10,17 @@ from typing import Final, cast
 import anyio
 import structlog
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from progress_hub import health, jobs, metrics, polling, sse
+from progress_hub import metrics, routes
 from progress_hub.errors import EXCEPTION_HANDLERS
 from progress_hub.fanout import Fanout
 from progress_hub.headers import EdgeHeadersMiddleware, JSONErrorCORSMiddleware
 from progress_hub.lane import HotLaneMiddleware
 from progress_hub.limits import AdmissionMiddleware
-from progress_hub.openapi import openapi_schema
 from progress_hub.settings import Settings
 from progress_hub.shutdown import ShutdownNotice
 from progress_hub.state import HubState
@@ -43,34 +39,9 @@ FEED_STARTUP_POLL: Final = 0.01
 
 
 def _routes() -> list[BaseRoute]:
-    # The table of every endpoint. GETs of the hot read paths never reach these routes
-    # (`app.lane` serves them first, without routing); they are listed all the same.
-    return [
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/metrics", health.prometheus, methods=["GET"]),
-        Route("/openapi.json", openapi_schema, methods=["GET"]),
-        Route("/api/pipelines", jobs.list_pipelines, methods=["GET"]),
-        Route("/api/access", jobs.access, methods=["GET"]),
-        Route("/api/events", sse.all_events, methods=["GET"]),
-        Route("/api/jobs", polling.list_jobs, methods=["GET"]),
-        Route("/api/jobs", jobs.create_job, methods=["POST"]),
-        Route("/api/jobs/{job_id}", polling.get_job, methods=["GET"]),
-        Route("/api/jobs/{job_id}", jobs.delete_job, methods=["DELETE"]),
-        Route("/api/jobs/{job_id}/events", sse.job_events, methods=["GET"]),
-        Route("/api/jobs/{job_id}/events", jobs.publish, methods=["POST"]),
-        Route("/api/jobs/{job_id}/cancel", jobs.cancel_job, methods=["POST"]),
-        Route("/api/jobs/{job_id}/history", jobs.job_history, methods=["GET"]),
-        Route("/api/jobs/{job_id}/result", jobs.job_result, methods=["GET"]),
-        Route("/api/jobs/{job_id}/milestone", polling.milestone_gate, methods=["GET"]),
-        # Anything else under /api is a JSON 404, whatever the method, never the static files.
-        Route(
-            "/api/{rest:path}",
-            _no_such_endpoint,
-            methods=["GET", "POST", "DELETE"],
-            include_in_schema=False,
-        ),
-    ] + _dashboard()
+    # The GETs of `routes.HOT_ROUTES` are served by the hot lane before the router sees
+    # them (`app.lane`); they are in the table all the same (OpenAPI, HEAD, 405s).
+    return routes.api_routes() + _dashboard()
 
 
 def _dashboard() -> list[BaseRoute]:
@@ -81,10 +52,6 @@ def _dashboard() -> list[BaseRoute]:
     # follow_symlink: the editable install (Makefile) serves static/ through a tree of links.
     files = StaticFiles(directory=STATIC_DIR, html=True, follow_symlink=True)
     return [Mount("/", files, name="static")]
-
-
-async def _no_such_endpoint(request: Request) -> Response:
-    raise HTTPException(404, f"There is no endpoint at {request.url.path}.")
 
 
 async def _sweep_stalls(store: JobStore, stall_after: float) -> None:
@@ -221,8 +188,14 @@ def _middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    middleware.append(Middleware(AdmissionMiddleware, max_connections=settings.max_connections))
-    middleware.append(Middleware(HotLaneMiddleware))
+    middleware.append(
+        Middleware(
+            AdmissionMiddleware,
+            max_connections=settings.max_connections,
+            stream_routes=routes.STREAM_ROUTES,
+        )
+    )
+    middleware.append(Middleware(HotLaneMiddleware, routes=routes.HOT_ROUTES))
     return middleware
 
 

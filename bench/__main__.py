@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from bench import cluster, library, profile
+from bench import cluster, library, profile, regimes
 from bench.fleet import percentile
 from bench.load import http_publish, polling
 from bench.procs import raise_fd_limit, redis_server
@@ -41,7 +41,10 @@ from bench.scenarios import (
 )
 from bench.targets import BaselineTarget, HubTarget, RawFeedTarget, Target, hub_available
 
-SCENARIOS = ("streams", "fanout", "many", "library", "http", "poll", "scaling", "cluster")
+SCENARIOS = (
+    "streams", "fanout", "many", "library", "http", "poll", "scaling", "cluster",
+    "seqpub", "manyhttp", "newjobs", "idle",
+)  # fmt: skip
 console = Console(width=max(150, Console().width))
 
 
@@ -120,8 +123,8 @@ async def fanout_rows(
             ctx.raw[f"fanout_{name}"] = {
                 "burst": delivery_raw(fig.burst), "burst_rate": fig.burst_rate,
                 "cpu_us": fig.cpu_us,
-                "paced": {r: {**delivery_raw(d), "achieved_rate": a}
-                          for r, (d, a) in fig.paced.items()},
+                "paced": {r: {**delivery_raw(d), "achieved_rate": a, "cpu_us": c}
+                          for r, (d, a, c) in fig.paced.items()},
             }  # fmt: skip
     targets = {20: 25.0, 100: 50.0}
     for rate in ctx.sizes.paced_rates:
@@ -132,7 +135,8 @@ async def fanout_rows(
         note = ""
         if mine is not None and ours is not None:
             p50 = percentile(mine.latencies_ns, 50) / 1e6
-            note = f"p50 {p50:.1f} ms, {ours.paced[rate][1]:.0f} ev/s sent"
+            _, sent, cpu_us = ours.paced[rate]
+            note = f"p50 {p50:.1f} ms, {sent:.0f} ev/s sent, hub {cpu_us:.1f} µs CPU/deliv"
         report.add(
             Row(
                 f"latency p99, {subs:,} subs × {rate} ev/s",
@@ -159,9 +163,23 @@ async def fanout_rows(
             delivery_check(burst) if burst else "",
         )
     )
+    slowest = min(ctx.sizes.paced_rates)
+    paced = ours.paced.get(slowest) if ours else None
     report.add(
         Row(
-            "server CPU per delivery",
+            f"hub CPU per delivery, paced {slowest} ev/s (one event per write)",
+            "µs",
+            paced[2] if paced else None,
+            12,
+            False,
+            theirs.paced[slowest][2] if theirs and slowest in theirs.paced else None,
+            bool(paced and paced[0].complete),
+            delivery_check(paced[0]) if paced else "",
+        )
+    )
+    report.add(
+        Row(
+            "server CPU per delivery, burst (coalesced writes)",
             "µs",
             ours.cpu_us if ours else None,
             6,
@@ -169,6 +187,7 @@ async def fanout_rows(
             theirs.cpu_us if theirs else None,
             bool(burst and burst.complete),
             "burst phase, utime+stime",
+            f"uncoalesced: {paced[2]:.1f} µs (paced row)" if paced else "",
         )
     )
 
@@ -301,6 +320,8 @@ async def run(args: argparse.Namespace) -> Report:
                         check="304 path must be cheaper",
                     )
                 )
+        if built:
+            await regimes.regime_rows(ctx, report, console, chosen)
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
         if "cluster" in chosen and built:

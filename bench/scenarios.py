@@ -160,7 +160,8 @@ async def idle_streams(ctx: Context, target: Target, n: int) -> StreamFigures:
 class FanoutFigures:
     """One job fanned out to many subscribers: paced latency phases, then a burst."""
 
-    paced: dict[int, tuple[Delivery, float]]
+    paced: dict[int, tuple[Delivery, float, float]]
+    """Per rate: delivery, events/s achieved, hub CPU µs per delivery (one event a write)."""
     burst: Delivery
     burst_rate: float
     cpu_us: float
@@ -180,17 +181,19 @@ async def fanout(ctx: Context, target: Target) -> FanoutFigures:
             opened = await fleet.open(sizes.fanout_subscribers, 1, "fan", timeout=60)
             require_all(opened, sizes.fanout_subscribers)
             index = 0
-            paced: dict[int, tuple[Delivery, float]] = {}
+            paced: dict[int, tuple[Delivery, float, float]] = {}
             for rate, count in counts.items():
                 await fleet.arm(index + count, record=True)
                 fleet0 = fleet.cpu()
+                cpu0 = srv.stat().cpu
                 with ctx.profile(srv, f"paced{rate}"):
                     achieved = await publish_paced(target, job, index + 1, count, rate, total)
                     delivery = await fleet.wait(
                         10 + count * sizes.fanout_subscribers / 10_000, latencies=True
                     )
+                cpu_us = (srv.stat().cpu - cpu0) * 1e6 / max(1, delivery.delivered)
                 delivery.client_cpu = fleet.cpu() - fleet0
-                paced[rate] = (delivery, achieved)
+                paced[rate] = (delivery, achieved, cpu_us)
                 index += count
             with ctx.profile(srv, "burst"):
                 burst, burst_rate, cpu = await burst_phase(srv, fleet, target, job, index, total)

@@ -103,8 +103,9 @@ class HubTarget:
 
     name = "hub"
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat: float = HEARTBEAT) -> None:
         self.pool: HttpPool | None = None
+        self.heartbeat = heartbeat
 
     @contextlib.asynccontextmanager
     async def server(self, redis_url: str, log_dir: Path) -> AsyncIterator[Server]:
@@ -123,7 +124,7 @@ class HubTarget:
             str(port),
         ]
         env = {
-            "PROGRESS_HEARTBEAT": str(HEARTBEAT),
+            "PROGRESS_HEARTBEAT": str(self.heartbeat),
             "PROGRESS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         }
         async with server_process(self.name, cmd, port, env, log_dir / "hub.log") as srv:

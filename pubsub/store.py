@@ -60,6 +60,8 @@ PRUNE_BATCH: Final = 100
 MAX_COMMIT_ATTEMPTS: Final = 200
 # Records this store committed last, kept to save a read on the next publish of the job.
 KNOWN_RECORDS: Final = 4096
+# Jobs read (or scanned for stalls) per round trip.
+READ_BATCH: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class JobStore:
         committed, _ = await self.broker.commit(self._commit(record, expected_seq=0))
         if not committed:
             raise JobExists(job_id)
+        # Its first update then commits against this record: one round trip, no read.
+        self._remember(record)
         # No log line here: producers create jobs too (`pubsub.announce`, one per
         # `.delay()`), and an unconfigured structlog prints every line; the hub logs it.
         return record.snapshot
@@ -201,6 +205,17 @@ class JobStore:
         if record is None:
             raise JobNotFound(job_id)
         return record.snapshot
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Snapshot]:
+        """The current snapshots of the jobs that exist among `job_ids`, in their order,
+        read in batches of `READ_BATCH` (one round trip each)."""
+        found: list[Snapshot] = []
+        for first in range(0, len(job_ids), READ_BATCH):
+            batch = job_ids[first : first + READ_BATCH]
+            for raw in await self.broker.load_many(batch):
+                if raw is not None:
+                    found.append(RECORD_DECODER.decode(raw).snapshot)
+        return found
 
     async def replay(
         self, job_id: str, last_seq: int | None, *, current: Snapshot | None = None
@@ -301,25 +316,36 @@ class JobStore:
             raise InvalidUpdate(str(exc), field="client") from None
         return snapshot, step.milestone, step.calls
 
-    async def mark_stalled(self, stall_after: float, *, scan: int = 1000) -> list[str]:
+    async def mark_stalled(self, stall_after: float) -> list[str]:
         """Flag queued and running jobs silent for `stall_after` seconds; returns the ids
-        newly flagged."""
+        newly flagged.
+
+        Every job of the index is looked at, `READ_BATCH` per round trip; a record is
+        decoded in full only when it is to be flagged.
+        """
         cutoff = self._clock() - stall_after
         flagged: list[str] = []
-        ids = await self.broker.recent_jobs(0, scan - 1)
-        for raw in await self.broker.load_many(ids):
-            if raw is None:
-                continue
-            record = RECORD_DECODER.decode(raw)
-            snap = record.snapshot
-            if snap.stalled or snap.status not in STALLABLE_STATUSES or snap.updated_at > cutoff:
-                continue
-            stalled = mark_stalled(record)
-            # Losing this race means the job was just updated: it is not stalled after all.
-            committed, _ = await self.broker.commit(self._commit(stalled, expected_seq=snap.seq))
-            if committed:
-                flagged.append(snap.job_id)
-                log.info("job_stalled", job_id=snap.job_id, seq=stalled.snapshot.seq)
+        start = 0
+        while ids := await self.broker.recent_jobs(start, start + READ_BATCH - 1):
+            for raw in await self.broker.load_many(ids):
+                if raw is None:
+                    continue
+                seen = _LIVENESS_DECODER.decode(raw).snapshot
+                quiet = seen.status in STALLABLE_STATUSES and seen.updated_at <= cutoff
+                if seen.stalled or not quiet:
+                    continue
+                record = RECORD_DECODER.decode(raw)
+                stalled = mark_stalled(record)
+                # Losing this race means the job was just updated: it is not stalled after all.
+                committed, _ = await self.broker.commit(
+                    self._commit(stalled, expected_seq=record.snapshot.seq)
+                )
+                if committed:
+                    flagged.append(seen.job_id)
+                    log.info("job_stalled", job_id=seen.job_id, seq=stalled.snapshot.seq)
+            if len(ids) < READ_BATCH:
+                break
+            start += READ_BATCH
         return flagged
 
     async def _load(self, job_id: str) -> JobRecord | None:
@@ -353,6 +379,20 @@ def check_job_id(job_id: str) -> None:
             "letter or digit",
             field="job_id",
         )
+
+
+class _Liveness(msgspec.Struct):
+    job_id: str
+    status: JobStatus
+    updated_at: float
+    stalled: bool = False
+
+
+class _RecordLiveness(msgspec.Struct):
+    snapshot: _Liveness
+
+
+_LIVENESS_DECODER: Final = msgspec.json.Decoder(_RecordLiveness)
 
 
 class _SeqOnly(msgspec.Struct):

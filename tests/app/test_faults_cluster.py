@@ -6,9 +6,9 @@ to another master key by key. Each slow case runs once, on the session cluster, 
 `breakable_cluster` mends afterwards.
 
 What the contract promises is asserted: no acknowledged update lost, every stream open and
-on its job's current state in time. How a stream got there is printed: an event skipped
-(its state came in the next one) or a stale event after a newer one happens when the live
-feed, re-subscribed, delivers before the resync's snapshot load returns.
+on its job's current state in time, and never shown an older state after a newer one (a
+resync's snapshot that live delivery overtook is not sent). Events skipped (their state
+came in the next one, or in the resync's snapshot) are printed: the contract allows them.
 """
 
 from __future__ import annotations
@@ -47,9 +47,6 @@ from tests.streams import RawStream
 CONVERGE_WITHIN = 5.0  # docs/api.md §8: every open stream, after the cluster settles
 STREAMS_PER_JOB = 3
 ACKS_BEFORE_FAULT = 3
-# How long a readiness probe may still say 503 after the hub served writes again: one
-# probe in flight, plus the feed's re-subscription confirming.
-READY_SLACK = 1.0
 
 
 @pytest.fixture
@@ -244,10 +241,13 @@ async def test_cluster_master_killed_under_load_loses_no_acknowledged_update(
         f"stale events after newer ones: {sum(w.regressions() for w in watchers)}"
     )
     assert not any(w.closed for w in watchers), "a stream closed through the failover"
+    assert sum(w.regressions() for w in watchers) == 0, "a stream went back to an older state"
     assert converge <= CONVERGE_WITHIN, f"streams converged {converge:.2f}s after the promotion"
     assert all(answered >= killed_at for _, answered, _ in not_ready), "503 before the fault"
-    late = [sent for sent, _, _ in not_ready if sent > writes_back + READY_SLACK]
-    assert not late, f"/readyz said 503 {late[-1] - writes_back:.2f}s after writes were served"
+    # Ready again once the cluster settled, within the time the contract gives streams:
+    # until the feed is back on every shard the hub cannot deliver, and says so.
+    late = [sent for sent, _, _ in not_ready if sent > promoted_at + CONVERGE_WITHIN]
+    assert not late, f"/readyz said 503 {late[-1] - promoted_at:.2f}s after the promotion"
 
 
 async def test_cluster_slot_of_live_jobs_moved_to_another_master_loses_nothing(
@@ -330,3 +330,4 @@ async def test_cluster_slot_of_live_jobs_moved_to_another_master_loses_nothing(
         f"stale events after newer ones: {sum(w.regressions() for w in watchers)}"
     )
     assert not any(w.closed for w in watchers), "a stream closed through the move"
+    assert sum(w.regressions() for w in watchers) == 0, "a stream went back to an older state"

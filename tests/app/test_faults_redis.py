@@ -25,6 +25,8 @@ from tests.streams import RawStream
 
 STREAMS = 100
 JOBS = 10
+# More jobs than the 200 the every-job feed once resynced: a dashboard gets all of them.
+DASHBOARD_JOBS = 250
 UPDATES_PER_JOB = 5
 
 
@@ -59,6 +61,12 @@ async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
                     acknowledged[job_id] = await _publish(
                         http, job_id, {"status": "running", "progress": step * 10}
                     )
+            for j in range(JOBS, DASHBOARD_JOBS):
+                await _publish(http, f"outage-{j}", {"status": "running"})
+            dashboard = await RawStream.open(hub.url, "/api/events")
+            for _ in range(DASHBOARD_JOBS):
+                shown = await dashboard.next_event()
+                assert shown is not None and shown.event == "snapshot"
             streams = await asyncio.gather(
                 *(
                     RawStream.open(hub.url, f"/api/jobs/outage-{i % JOBS}/events")
@@ -116,6 +124,12 @@ async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
                 results = await asyncio.gather(*(resynced(s) for s in streams))
                 recovery = max(elapsed for _, elapsed in results)
                 assert recovery < 5
+                resynced_jobs: set[str] = set()
+                while len(resynced_jobs) < DASHBOARD_JOBS:
+                    event = await dashboard.next_event(timeout=5)
+                    assert event is not None, f"dashboard resynced {len(resynced_jobs)} jobs"
+                    if event.event == "snapshot" and event.data is not None:
+                        resynced_jobs.add(json.loads(event.data)["job_id"])
 
                 # Nothing acknowledged before the outage was lost.
                 for job_id, seq in acknowledged.items():
@@ -134,6 +148,7 @@ async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
                 )
             finally:
                 await asyncio.gather(*(s.aclose() for s in streams))
+                await dashboard.aclose()
 
 
 async def test_garbage_on_a_job_channel_is_logged_and_ignored(

@@ -148,3 +148,24 @@ async def test_store_publish_survives_redis_forgetting_its_scripts(
             tg.start_soon(store.publish, "scripted", Update(progress=percent))
     snapshot = await store.get("scripted")
     assert (snapshot.seq, snapshot.progress) == (4, 40)
+
+
+async def test_store_first_update_of_a_job_it_created_costs_no_read(
+    store: JobStore, redis_url: str
+) -> None:
+    admin = redis.asyncio.Redis.from_url(redis_url)
+
+    async def commands_of(update: Update) -> int:
+        before: int = (await admin.info("stats"))["total_commands_processed"]
+        await store.publish("counted", update)
+        after: int = (await admin.info("stats"))["total_commands_processed"]
+        return after - before
+
+    try:
+        await store.create("counted")
+        first = await commands_of(Update(progress=10))
+        second = await commands_of(Update(progress=20))  # the store's own record: no read
+        assert first == second, f"first update {first} commands, later ones {second}"
+        assert (await store.get("counted")).seq == 3
+    finally:
+        await admin.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pubsub.broker import open_broker
 from pubsub.events import JobStatus, Update
-from pubsub.store import JobStore
+from pubsub.store import READ_BATCH, JobStore
 from tests.conditions import eventually
 
 
@@ -65,5 +65,25 @@ async def test_store_prune_index_drops_expired_jobs_only(broker_url: str) -> Non
 
         await eventually(prune, lambda total: total == 2, 5, "expired jobs pruned")
         assert await broker.recent_jobs(0, 10) == ["live-1"]
+    finally:
+        await broker.aclose()
+
+
+async def test_store_mark_stalled_flags_every_silent_job_not_only_the_newest(
+    broker_url: str,
+) -> None:
+    now = [1000.0]
+    broker = open_broker(broker_url)
+    store = JobStore(broker, clock=lambda: now[0])
+    jobs = [f"quiet-{i}" for i in range(READ_BATCH * 2 + 50)]
+    try:
+        for job_id in jobs:
+            await store.create(job_id)
+        await store.publish("done", Update(status=JobStatus.COMPLETED))
+        now[0] += 120
+        flagged = await store.mark_stalled(60)
+        assert sorted(flagged) == sorted(jobs)  # the finished job is not stalled
+        assert (await store.get(jobs[0])).stalled  # the oldest one too
+        assert await store.mark_stalled(60) == []  # flagged once
     finally:
         await broker.aclose()

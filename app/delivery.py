@@ -1,0 +1,163 @@
+"""Delivery: broker envelopes become frames, encoded once per event, in every mailbox that
+shows the job; after a gap in the feed, the current snapshots take the missed events' place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Final
+
+import anyio
+import msgspec
+import structlog
+
+from progress_hub import frames, metrics
+from progress_hub.channels import Channel, Channels
+from pubsub.backoff import Outage
+from pubsub.broker import Broker
+from pubsub.errors import BrokerUnavailable
+from pubsub.events import ENCODER, ENVELOPE_DECODER, EventKind, Snapshot
+from pubsub.store import JobStore
+
+log = structlog.get_logger(__name__)
+
+# What an every-job stream (a dashboard) is shown at connect, and again after a gap.
+MAX_DASHBOARD_JOBS: Final = 500
+
+
+class Delivery:
+    """Routes broker envelopes to the mailboxes of this process's streams."""
+
+    def __init__(self, broker: Broker, store: JobStore, channels: Channels) -> None:
+        self._broker = broker
+        self._store = store
+        self._channels = channels
+
+    def on_message(self, raw: bytes, every_job: bool) -> None:
+        """One envelope from the broker's feed (`every_job`: it came via the every-job feed)."""
+        try:
+            envelope = ENVELOPE_DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Someone else's PUBLISH on our channel: never let it reach a browser.
+            log.warning("broker_message_ignored", error=str(exc), size=len(raw))
+            metrics.MESSAGES_IGNORED.inc()
+            return
+        snapshot = envelope.snapshot
+        channel = self._channels.get(None if every_job else snapshot.job_id)
+        if channel is None or not channel.mailboxes:
+            return
+        data = ENCODER.encode(snapshot)
+        if every_job:
+            self._every_job(channel, envelope.event, snapshot, data)
+        else:
+            self._one_job(channel, envelope.event, snapshot, data)
+
+    def _one_job(self, channel: Channel, kind: EventKind, snapshot: Snapshot, data: bytes) -> None:
+        if kind is EventKind.DELETED:
+            channel.snapshot = None
+            frame = frames.event(b"deleted", data)
+            for mailbox in list(channel.mailboxes):
+                mailbox.push(snapshot.job_id, frame, final=True)
+            return
+        seq = snapshot.seq
+        if seq <= channel.last_seq:
+            return
+        channel.last_seq = seq
+        channel.observe(snapshot, self._broker.feed_epoch)
+        frame = frames.event(b"progress", data, seq)
+        final = snapshot.is_terminal
+        if final:
+            frame += frames.end(snapshot.job_id, seq, snapshot.status)
+        delivered = 0
+        for mailbox in channel.mailboxes:
+            if seq > mailbox.last_seq:
+                mailbox.last_seq = seq
+                mailbox.push(snapshot.job_id, frame, seq=seq, final=final)
+                delivered += 1
+        metrics.EVENTS_DELIVERED.inc(delivered)
+
+    @staticmethod
+    def _every_job(channel: Channel, kind: EventKind, snapshot: Snapshot, data: bytes) -> None:
+        name = b"deleted" if kind is EventKind.DELETED else b"progress"
+        frame = frames.event(name, data)
+        delivered = 0
+        for mailbox in channel.mailboxes:
+            if mailbox.wants(snapshot.job_id):
+                mailbox.push(snapshot.job_id, frame)
+                delivered += 1
+        metrics.EVENTS_DELIVERED.inc(delivered)
+
+    async def resync(self, channels: Collection[str | None] | None = None) -> None:
+        """After a possible gap in the feed, give the streams of `channels` (None: every
+        followed channel) the current snapshot of each job they show.
+
+        Jobs are read in batches (one round trip per `RESYNC_BATCH`), every followed job,
+        and for the every-job feed the jobs its dashboards were shown at connect.
+        """
+        metrics.BROKER_RECONNECTS.inc()
+        epoch = self._broker.feed_epoch
+        wanted = set(channels) if channels is not None else None
+        outage = Outage()
+        # The feed is back, but reads may still fail for a moment (a failover's slot map
+        # settling): retry on the publisher's schedule, or a stream whose job goes quiet
+        # would never hear of the events it missed. A newer gap runs its own resync.
+        while epoch == self._broker.feed_epoch:
+            try:
+                await self._resync_once(wanted, epoch)
+                return
+            except BrokerUnavailable:
+                if outage.failed(time.monotonic()):
+                    log.warning("resync_failed", retrying=True)
+                await anyio.sleep(outage.delay)
+
+    async def _resync_once(self, wanted: set[str | None] | None, epoch: int) -> None:
+        followed = [
+            (job_id, channel)
+            for job_id, channel in self._channels.items()
+            if wanted is None or job_id in wanted
+        ]
+        job_ids = [job_id for job_id, _ in followed if job_id is not None]
+        for snapshot in await self._store.get_many(job_ids):
+            channel = self._channels.get(snapshot.job_id)
+            if channel is not None:
+                self._channels.observe(snapshot, epoch)
+                self._push_snapshot(channel, snapshot)
+        every_job = self._channels.get(None)
+        if every_job is not None and (wanted is None or None in wanted):
+            await self._resync_dashboards(every_job)
+
+    async def _resync_dashboards(self, channel: Channel) -> None:
+        named: set[str] = set()
+        unfiltered = False
+        for mailbox in channel.mailboxes:
+            if mailbox.jobs is None:
+                unfiltered = True
+            else:
+                named.update(mailbox.jobs)
+        snapshots = {s.job_id: s for s in await self._store.get_many(sorted(named))}
+        if unfiltered:
+            for snapshot in await self._store.list_jobs(limit=MAX_DASHBOARD_JOBS):
+                snapshots.setdefault(snapshot.job_id, snapshot)
+        for snapshot in snapshots.values():
+            self._push_snapshot(channel, snapshot)
+
+    @staticmethod
+    def _push_snapshot(channel: Channel, snapshot: Snapshot) -> None:
+        data = ENCODER.encode(snapshot)
+        channel.last_seq = max(channel.last_seq, snapshot.seq)
+        dashboard_frame = frames.event(b"snapshot", data)
+        frame = frames.event(b"snapshot", data, snapshot.seq)
+        final = snapshot.is_terminal
+        if final:
+            frame += frames.end(snapshot.job_id, snapshot.seq, snapshot.status)
+        for mailbox in list(channel.mailboxes):
+            if mailbox.job_id is None:
+                if mailbox.wants(snapshot.job_id):
+                    mailbox.push(snapshot.job_id, dashboard_frame)
+                continue
+            if snapshot.seq <= mailbox.last_seq:
+                # Live delivery got there first: the stream already shows this state or
+                # a newer one, and an older snapshot would move its bar backwards.
+                continue
+            mailbox.last_seq = snapshot.seq
+            mailbox.push(snapshot.job_id, frame, seq=snapshot.seq, final=final)
