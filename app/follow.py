@@ -21,8 +21,8 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import structlog
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
-from progress_hub.frame_parser import Frame, FrameParser
 from pubsub import Snapshot
 from pubsub.events import ACTIVE_STATUSES, SNAPSHOT_DECODER
 
@@ -43,7 +43,6 @@ BACKOFF_MAX: Final = 30.0
 LIST_LIMIT: Final = 500
 # Three missed heartbeats (15 s each by default) mean the stream is dead.
 STREAM_TIMEOUT: Final = httpx.Timeout(10.0, read=45.0)
-SSE_HEADERS: Final = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
 
 
 class JobList(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,12 +83,6 @@ def refuse_unless_readable(
         )
 
 
-def _is_event_stream(response: httpx.Response) -> bool:
-    """True when the answer is an event stream (a proxy's HTML error page is not)."""
-    content_type = str(response.headers.get("content-type", ""))
-    return content_type.partition(";")[0].strip() == "text/event-stream"
-
-
 def backoff(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
     """Seconds before retry number `failures`: doubling up to `cap`, with equal jitter."""
     # The exponent is capped: past ~30 doublings any cap is reached, and 2.0 ** n overflows.
@@ -112,7 +105,7 @@ class Connection:
     path: str
     what: str
     params: dict[str, str | list[str]]
-    on_event: Callable[[Frame], bool]
+    on_event: Callable[[ServerSentEvent], bool]
     poll_once: Callable[[], bool]
     on_mode: Callable[[str], None]
     poll_only: bool = False
@@ -166,25 +159,23 @@ class Connection:
     def _stream(self) -> tuple[bool, bool]:
         delivered = False
         try:
-            with self.client.stream(
-                "GET", self.path, params=self.params, headers=SSE_HEADERS, timeout=STREAM_TIMEOUT
-            ) as response:
+            with connect_sse(
+                self.client, "GET", self.path, params=self.params, timeout=STREAM_TIMEOUT
+            ) as source:
                 self._answered()
-                refuse_unless_readable(response, self.what, token=self.token)
-                if response.status_code != 200 or not _is_event_stream(response):
+                refuse_unless_readable(source.response, self.what, token=self.token)
+                if source.response.status_code != 200:
                     return False, False
-                parser = FrameParser()
-                for chunk in response.iter_bytes():
-                    for frame in parser.feed(chunk):
-                        if frame.retry is not None:
-                            self.retry_hint = frame.retry / 1000
-                        if not frame.is_event:
-                            continue  # a bare `retry:` hint or a ping carries no event
-                        delivered = True
-                        self.on_mode("live")
-                        if self.on_event(frame):
-                            return True, True
-        except (httpx.TransportError, msgspec.DecodeError) as exc:
+                for sse in source.iter_sse():
+                    if sse.retry is not None:
+                        self.retry_hint = sse.retry / 1000
+                    if not sse.data:
+                        continue  # a bare `retry:` block carries no event
+                    delivered = True
+                    self.on_mode("live")
+                    if self.on_event(sse):
+                        return True, True
+        except (httpx.TransportError, SSEError, msgspec.DecodeError) as exc:
             if isinstance(exc, httpx.TransportError) and not delivered:
                 self.unreachable = str(exc) or type(exc).__name__
             log.debug("watch_stream_dropped", path=self.path, error=str(exc))
@@ -262,7 +253,7 @@ class JobWatch:
         self.on_update(snapshot)
         return snapshot.is_terminal
 
-    def _on_event(self, sse: Frame) -> bool:
+    def _on_event(self, sse: ServerSentEvent) -> bool:
         if sse.event in ("snapshot", "progress"):
             return self._accept(SNAPSHOT_DECODER.decode(sse.data))
         if sse.event == "deleted":
@@ -333,7 +324,7 @@ class AllWatch:
         self.on_change(self.jobs)
         return self.stop(self.jobs)
 
-    def _on_event(self, sse: Frame) -> bool:
+    def _on_event(self, sse: ServerSentEvent) -> bool:
         snapshot = SNAPSHOT_DECODER.decode(sse.data)
         if sse.event == "deleted":
             self.jobs.pop(snapshot.job_id, None)

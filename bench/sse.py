@@ -6,8 +6,8 @@ those markers out with one regex call per read, which is what lets one Python pr
 count 100k+ deliveries per second. CLOCK_MONOTONIC is system-wide on Linux, so the
 publisher's stamp and the subscriber's receive time are comparable across processes.
 
-So it does not use `progress_hub.frame_parser`, the parser the watcher and the tests
-read streams with: counting needs no frame taken apart, and the bench client must stay
+So it does not use `tests.sse_frames`, the parser the tests read streams with:
+counting needs no frame taken apart, and the bench client must stay
 cheaper than the hub it measures.
 
 HTTP chunk-size lines never fall inside a frame (uvicorn writes each body message as one

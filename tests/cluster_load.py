@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import httpx
 from redis.crc import key_slot
 
-from progress_hub.frame_parser import Frame
 from pubsub.brokers import keys
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster
+from tests.sse_frames import Frame
 from tests.streams import RawStream
 
 # Pacing between retries of a refused publish (what a worker's retry loop does), and

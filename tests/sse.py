@@ -1,7 +1,7 @@
 """Reading Server-Sent Event streams over httpx in tests, always under a deadline.
 
-The frames are parsed by the hub's own parser (`progress_hub.frame_parser`), the one
-`progress-hub watch` reads with.
+The frames are parsed by the tests' one parser (`tests.sse_frames`), which keeps the
+pings and bare `retry:` hints a browser does not dispatch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import httpx
 
-from progress_hub.frame_parser import Frame, FrameParser
+from tests.sse_frames import Frame, FrameParser
 
 
 @dataclass

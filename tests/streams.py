@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from progress_hub.frame_parser import Frame, FrameParser
+from tests.sse_frames import Frame, FrameParser
 
 
 @dataclass(eq=False)

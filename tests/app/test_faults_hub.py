@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from progress_hub.frame_parser import Frame
 from tests.conditions import wait_until
 from tests.hub import spawn_hub
 from tests.probes import child_pids
+from tests.sse_frames import Frame
 from tests.streams import RawStream
 
 CLIENTS = 20

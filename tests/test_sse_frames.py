@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from progress_hub import frames
-from progress_hub.frame_parser import Frame, FrameParser
+from tests.sse_frames import Frame, FrameParser
 
 STREAM = b"".join(
     [

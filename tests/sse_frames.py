@@ -1,11 +1,11 @@
-"""Reading an event stream: bytes in, frames out (WHATWG HTML §9.2.6), the reverse of
-`frames.py`.
+"""Reading an event stream in tests: bytes in, frames out (WHATWG HTML §9.2.6), the
+reverse of `app/frames.py`.
 
-The one SSE parser of the repository: `progress-hub watch` (`follow.py`) reads the hub
-with it, and so do the tests, over httpx (`tests/sse.py`) and over raw sockets
-(`tests/streams.py`). Unlike a browser it also hands over the frames that dispatch no
-event (a bare `retry:` hint, a `: ping` comment), because the watcher and the tests
-look at those too; `Frame.is_event` says which ones a browser would dispatch.
+The product reads streams with httpx-sse (`progress-hub watch`, `app/follow.py`); the
+tests need what it rightly drops, the frames that dispatch no event (a bare `retry:`
+hint, a `: ping` comment), to assert the exact stream a browser gets. This is the one
+parser the tests share, over httpx (`tests/sse.py`) and over raw sockets
+(`tests/streams.py`); `Frame.is_event` says which frames a browser would dispatch.
 """
 
 from __future__ import annotations
