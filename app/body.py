@@ -1,4 +1,4 @@
-"""Reading request bodies under the contract's size limits (API.md §2)."""
+"""Reading request bodies under the contract's size limits (docs/api.md §2)."""
 
 from __future__ import annotations
 

@@ -215,8 +215,8 @@ def _tune_gc() -> None:
 
     With the default threshold (700 allocations), a hub opening 5,000 streams ran 880
     young collections, each walking objects that live as long as their stream: 360 µs
-    of CPU per connect, against 212 µs with this setting (issue 6, /proc CPU over 5,000
-    connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
+    of CPU per connect, against 212 µs with this setting (docs/performance.md, /proc CPU
+    over 5,000 connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
     what start-up built (modules, the app) out of every later collection's way.
     """
     gc.collect()

@@ -31,7 +31,7 @@ def path_job_id(request: Request) -> str:
     """The `{job_id}` of the path, checked against the contract's pattern (400 otherwise)."""
     job_id: str = request.path_params["job_id"]
     check_job_id(job_id)
-    # Every log line of this request names its job (issue 5: logs with job id).
+    # Every log line of this request names its job (docs/production.md: logs).
     structlog.contextvars.bind_contextvars(job_id=job_id)
     return job_id
 

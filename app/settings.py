@@ -25,7 +25,7 @@ KNOWN_BROKER_SCHEMES: Final = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Everything a hub process needs to know; validated on construction (API.md §7)."""
+    """Everything a hub process needs to know; validated on construction (docs/api.md §7)."""
 
     broker_url: str | None = None
     """None: `serve` starts an embedded Redis-compatible server and fills this in."""

@@ -124,7 +124,7 @@ def apply_update(
         progress = stage_start + (stage_end - stage_start) * fraction
     if update.progress is not UNSET:
         progress = update.progress
-    # Progress never goes back while the job runs (API.md §1); the one exception is a
+    # Progress never goes back while the job runs (docs/api.md §1); the one exception is a
     # stage restarted after `retrying`.
     if progress < old.progress and old.status is not JobStatus.RETRYING:
         progress = old.progress
@@ -150,7 +150,7 @@ def apply_update(
     if old.status is JobStatus.RETRYING and status not in (JobStatus.RETRYING, JobStatus.FAILED):
         # The retry is under way (or done): "Retrying... (2/3)" and the error that caused
         # it no longer describe the job, and `error` on a completed job would read as a
-        # failure (API.md §1: `error` is set when failed).
+        # failure (docs/api.md §1: `error` is set when failed).
         if update.error is UNSET:
             error = None
         # Only the line the hub wrote itself, and only if nothing newer replaced it.

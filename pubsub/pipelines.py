@@ -1,4 +1,4 @@
-"""Pipelines: ordered stages, each owning a percent range `[start, end)` of the job (API.md §5).
+"""Pipelines: ordered stages, each owning a percent range `[start, end)` (docs/api.md §5).
 
 Built-in pipelines ship here; users add their own in a TOML file:
 

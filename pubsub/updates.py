@@ -1,7 +1,7 @@
 """Tracker calls turned into checked `Update`s, shared by `Tracker` and `SyncTracker`.
 
 Every call is checked here, before anything is queued, so a wrong call raises
-`ValueError` at the call site (issue 3) instead of being rejected by the hub later, when
+`ValueError` at the call site (docs/publishing.md) instead of being rejected by the hub later, when
 no pipeline code is left to hear about it.
 """
 
@@ -119,7 +119,7 @@ class UpdateBuilder:
     def chunk_failed(
         self, index: int, page_start: int | None, page_end: int | None, error: str
     ) -> Update:
-        """One chunk failed; the job says which, with its pages (API.md §5)."""
+        """One chunk failed; the job says which, with its pages (docs/api.md §5)."""
         current = self._chunk(index, page_start, page_end)
         pages = f" (pages {page_start}-{page_end})" if page_start is not None else ""
         text = f"Chunk {index + 1}{pages} failed: {error}"

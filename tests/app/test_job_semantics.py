@@ -116,7 +116,7 @@ async def test_stall_flag_never_marks_finished_nor_retrying_jobs(start_hub: HubF
 
         await eventually(quiet, lambda s: s["stalled"], 5, "the running job stalls")
         finished = (await http.get("/api/jobs/done-1")).json()
-        # A job waiting to retry is silent on purpose (API.md §1: running or queued only).
+        # A job waiting to retry is silent on purpose (docs/api.md §1: running or queued only).
         waiting = (await http.get("/api/jobs/waiting-1")).json()
 
     assert (finished["stalled"], finished["seq"]) == (False, 1)

@@ -1,4 +1,4 @@
-"""The dashboard works under the hub's strict Content-Security-Policy (issue 5).
+"""The dashboard works under the hub's strict Content-Security-Policy (docs/api.md §6).
 
 A real Chromium loads `/` from a live hub, with a job publishing, and must report no CSP
 violation and no script error: an inline script or style, or a CDN, would show up here.

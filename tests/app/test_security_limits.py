@@ -1,4 +1,4 @@
-"""Size and count limits (issue 5): bodies, results, fields, ids, headers, connections."""
+"""Size and count limits (docs/api.md §2, §7): bodies, results, fields, ids, headers."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ async def test_past_max_connections_streams_are_turned_away_and_json_gets_503(
         assert (await http.post("/api/jobs/full/events", json={"progress": 1})).status_code == 202
         streams = await _open_streams(hub, 2)
         try:
-            # A stream gets 200, a jittered retry: of 5-15 s, and a close (API.md §3).
+            # A stream gets 200, a jittered retry: of 5-15 s, and a close (docs/api.md §3).
             retries = set()
             for _ in range(3):
                 async with await RawStream.open(hub.url, "/api/jobs/full/events") as refused:
