@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench clean FORCE
+.PHONY: install run test test-tools lint typecheck bench clean FORCE
 
 # The editable install is setuptools' "strict" mode: a tree of links under build/ that maps
 # app/ to `progress_hub` and static/ to `progress_hub/static`, as the wheel installs them,
@@ -34,10 +34,29 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/progress-hub serve --demo
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/ruff check app pubsub tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# What the browser and JavaScript tests drive: Debian's Chromium (Playwright launches
+# /usr/bin/chromium, never a downloaded build), node and npm (React for the hook test).
+# Installed when missing and apt can (root); otherwise one line says what will skip.
+# Under CI=true a skipped test fails the run instead (tests/conftest.py).
+TOOLS := /usr/bin/chromium:chromium /usr/bin/node:nodejs /usr/bin/npm:npm
+MISSING = $(foreach tool,$(TOOLS),$(if $(wildcard $(word 1,$(subst :, ,$(tool)))),,$(word 2,$(subst :, ,$(tool)))))
+
+test-tools:
+	@missing='$(strip $(MISSING))'; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing $$missing from Debian for the browser and JavaScript tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } || \
+	    echo "make: apt-get could not install $$missing: the browser tests will be skipped"; \
+	else \
+	  echo "make: no $$missing here: the browser tests will be skipped (get them with: sudo apt-get install $$missing)"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check app pubsub tests $(wildcard bench)

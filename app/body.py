@@ -1,4 +1,4 @@
-"""Reading request bodies under the contract's size limits (API.md §2)."""
+"""Reading request bodies under the contract's size limits (docs/api.md §2)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from pubsub.errors import InvalidUpdate, PayloadTooLarge
 from pubsub.events import MAX_RESULT_BYTES
+from pubsub.nesting import MAX_DEPTH, json_nests_deeper, too_deep
 
 MAX_BODY_BYTES: Final = 64 * 1024
 # A body may carry a result of up to 1 MiB beside the other 64 KiB of fields.
@@ -60,12 +61,17 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T], *, empty: T | None
         raise InvalidUpdate(f"The body is not valid JSON: {exc}") from None
 
 
-def check_body_size(raw: bytes) -> None:
-    """Refuse (413) a body whose fields other than `result` pass 64 KiB.
+def check_body_limits(raw: bytes) -> None:
+    """Refuse a body that nests too deep (400) or whose fields other than `result` pass
+    64 KiB (413), before anything decodes it.
 
-    Checked before the body is validated, so that an oversized body is a 413 whatever
-    else is wrong with it (API.md §2).
+    Nesting comes first: weighing `result` decodes the body, and decoding recurses once
+    per level (pubsub/nesting.py). Then size, so that an oversized body is a 413 whatever
+    else is wrong with it (docs/api.md §2).
     """
+    # The body is an object around `meta` and `result`: one level more than theirs.
+    if json_nests_deeper(raw, MAX_DEPTH + 1):
+        raise InvalidUpdate(f"Invalid body: {too_deep('meta or result')}")
     if len(raw) <= MAX_BODY_BYTES:
         return
     try:

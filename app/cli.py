@@ -22,7 +22,7 @@ from progress_hub import migrate, watch
 from progress_hub.embedded import EmbeddedServer, NoServerBinary
 from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
-from progress_hub.settings import ENV_PREFIX, HELP, Settings
+from progress_hub.settings import ENV_PREFIX, HELP, Settings, comma_list
 from progress_hub.shutdown import HubServer, ShutdownNotice
 from pubsub.broker import unreachable_hint
 
@@ -78,7 +78,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     for f in fields(Settings):
         value = getattr(args, f.name, None)
         if value is not None and str(f.type).startswith("tuple"):
-            value = tuple(part.strip() for part in str(value).split(",") if part.strip())
+            value = comma_list(str(value))
         overrides[f.name] = value
     return Settings.load(overrides=overrides)
 
@@ -215,8 +215,8 @@ def _tune_gc() -> None:
 
     With the default threshold (700 allocations), a hub opening 5,000 streams ran 880
     young collections, each walking objects that live as long as their stream: 360 µs
-    of CPU per connect, against 212 µs with this setting (issue 6, /proc CPU over 5,000
-    connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
+    of CPU per connect, against 212 µs with this setting (docs/performance.md, /proc CPU
+    over 5,000 connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
     what start-up built (modules, the app) out of every later collection's way.
     """
     gc.collect()

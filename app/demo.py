@@ -1,7 +1,7 @@
 """`progress-hub demo`: simulated pipelines, each in its own process, publishing through the broker.
 
 Four scenarios run side by side, each in a worker process that runs its job again and
-again, so whoever opens the dashboard sees jobs move (issue 3):
+again, so whoever opens the dashboard sees jobs move:
 
 - `video`: the video pipeline stage by stage, auto-advancing while it downloads and
   transcribes (the async `Tracker`);
@@ -50,7 +50,7 @@ EXIT_BAD_CONFIG: Final = 2
 OCR_PAGES: Final = 425
 OCR_CHUNKS: Final = 17
 OCR_WORKERS: Final = 3
-OCR_FAILING_CHUNK: Final = 4  # "Chunk 5 (pages 101-125) failed", as in API.md §1
+OCR_FAILING_CHUNK: Final = 4  # "Chunk 5 (pages 101-125) failed", as in docs/api.md §1
 SUMMARY_ATTEMPTS: Final = 3
 PAUSE_BETWEEN_ROUNDS: Final = 3.0
 STOP_TIMEOUT: Final = 10.0

@@ -29,7 +29,8 @@ import msgspec
 import structlog
 from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
-from pubsub import JobStatus, Snapshot
+from pubsub import Snapshot
+from pubsub.events import ACTIVE_STATUSES, SNAPSHOT_DECODER
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +49,6 @@ BACKOFF_MAX: Final = 30.0
 LIST_LIMIT: Final = 500
 # Three missed heartbeats (15 s each by default) mean the stream is dead.
 STREAM_TIMEOUT: Final = httpx.Timeout(10.0, read=45.0)
-ACTIVE: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
 
 
 class JobList(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,7 +57,6 @@ class JobList(msgspec.Struct, frozen=True, kw_only=True):
     jobs: list[Snapshot]
 
 
-SNAPSHOT: Final = msgspec.json.Decoder(Snapshot)
 JOB_LIST: Final = msgspec.json.Decoder(JobList)
 
 
@@ -304,7 +303,7 @@ class JobWatch:
 
     def _on_event(self, sse: ServerSentEvent) -> bool:
         if sse.event in ("snapshot", "progress"):
-            return self._accept(SNAPSHOT.decode(sse.data))
+            return self._accept(SNAPSHOT_DECODER.decode(sse.data))
         if sse.event == "deleted":
             raise WatchStopped(f"job {self.job_id} was deleted", EXIT_FAILED)
         if sse.event == "end":
@@ -320,7 +319,7 @@ class JobWatch:
             return False
         refuse_unless_readable(response, f"job {self.job_id}", token=self.token)
         response.raise_for_status()
-        done = self._accept(SNAPSHOT.decode(response.content))
+        done = self._accept(SNAPSHOT_DECODER.decode(response.content))
         self.etag = response.headers.get("ETag")
         return done
 
@@ -374,7 +373,7 @@ class AllWatch:
         return self.stop(self.jobs)
 
     def _on_event(self, sse: ServerSentEvent) -> bool:
-        snapshot = SNAPSHOT.decode(sse.data)
+        snapshot = SNAPSHOT_DECODER.decode(sse.data)
         if sse.event == "deleted":
             self.jobs.pop(snapshot.job_id, None)
         else:
@@ -407,4 +406,4 @@ class AllWatch:
 
 def nothing_active(jobs: dict[str, Snapshot]) -> bool:
     """True when no job is queued, running or retrying."""
-    return not any(job.status in ACTIVE for job in jobs.values())
+    return not any(job.status in ACTIVE_STATUSES for job in jobs.values())

@@ -75,7 +75,7 @@ class EdgeHeadersMiddleware:
 
 class JSONErrorCORSMiddleware(CORSMiddleware):
     """Starlette's CORS, with a refused preflight answered in the hub's error shape
-    (`{"error": ...}`, API.md §2) instead of plain text."""
+    (`{"error": ...}`, docs/api.md §2) instead of plain text."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)

@@ -17,7 +17,7 @@ from progress_hub.auth import (
     require_publisher,
     require_reader,
 )
-from progress_hub.body import check_body_size, decode_body, read_body
+from progress_hub.body import check_body_limits, decode_body, read_body
 from progress_hub.fanout import Fanout
 from progress_hub.responses import json_response
 from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
@@ -31,7 +31,7 @@ def path_job_id(request: Request) -> str:
     """The `{job_id}` of the path, checked against the contract's pattern (400 otherwise)."""
     job_id: str = request.path_params["job_id"]
     check_job_id(job_id)
-    # Every log line of this request names its job (issue 5: logs with job id).
+    # Every log line of this request names its job (docs/production.md: logs).
     structlog.contextvars.bind_contextvars(job_id=job_id)
     return job_id
 
@@ -40,7 +40,7 @@ async def create_job(request: Request) -> Response:
     """`POST /api/jobs` → 201 snapshot (with a token when subscriber auth is on)."""
     require_publisher(request)
     raw = await read_body(request)
-    check_body_size(raw)
+    check_body_limits(raw)
     spec = decode_body(raw, CREATE_DECODER, empty=CreateJob())
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
@@ -62,7 +62,7 @@ async def publish(request: Request) -> Response:
     require_publisher(request)
     job_id = path_job_id(request)
     raw = await read_body(request)
-    check_body_size(raw)
+    check_body_limits(raw)
     update = decode_body(raw, UPDATE_DECODER)
     store: JobStore = request.state.store
     fanout: Fanout = request.state.fanout

@@ -3,7 +3,8 @@
 Counting here, around the whole request, means a slot is always given back, however the
 request ends (a client that leaves before the stream starts, a crash in a route). Past the
 limit a stream request gets `200`, a jittered `retry:` and a close, because a browser
-never retries a non-200, and a JSON request gets `503` with `Retry-After` (issue 5).
+never retries a non-200, and a JSON request gets `503` with `Retry-After` (docs/api.md §3,
+§7).
 Probes and metrics are always answered: an operator must see an overloaded hub.
 Requests with oversized headers are refused here too, before any route runs.
 """

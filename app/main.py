@@ -217,7 +217,7 @@ def _log_start(settings: Settings, broker_url: str, *, broker_feed_down: bool) -
             detail="serving anyway: /readyz answers 503 until the broker answers",
         )
     if settings.publish_key is None:
-        # Issue 5: with no key, writes are refused from anywhere but this machine.
+        # docs/api.md §6: with no key, writes are refused from anywhere but this machine.
         log.warning(
             "publish_key_missing",
             detail="no PROGRESS_PUBLISH_KEY: only loopback clients may create, publish or delete",

@@ -25,7 +25,7 @@ KNOWN_BROKER_SCHEMES: Final = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Everything a hub process needs to know; validated on construction (API.md §7)."""
+    """Everything a hub process needs to know; validated on construction (docs/api.md §7)."""
 
     broker_url: str | None = None
     """None: `serve` starts an embedded Redis-compatible server and fills this in."""
@@ -124,5 +124,10 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return comma_list(raw)
     return raw
+
+
+def comma_list(raw: str) -> tuple[str, ...]:
+    """`"a, b,,c"` → `("a", "b", "c")`: how a list setting is written, as a variable or a flag."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())

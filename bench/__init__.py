@@ -1,1 +1,1 @@
-"""The progress-hub performance benchmark (issue 6); run it with `python -m bench`."""
+"""The progress-hub performance benchmark (docs/performance.md); run it with `python -m bench`."""

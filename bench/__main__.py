@@ -1,4 +1,4 @@
-"""`python -m bench` (`make bench`): the performance benchmark of issue 6.
+"""`python -m bench` (`make bench`): the performance benchmark (docs/performance.md).
 
 Starts a private Redis, then for each scenario a fresh hub (and a fresh tutorial-pattern
 baseline) in its own process, drives it from subscriber fleets in other processes, and
@@ -370,7 +370,9 @@ def quiet_library_logs() -> None:
 def main() -> None:
     """Parse flags, run, print the table and write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--full", action="store_true", help="the sizes named in issue 6")
+    parser.add_argument(
+        "--full", action="store_true", help="the sizes named in docs/performance.md"
+    )
     parser.add_argument(
         "--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)"
     )

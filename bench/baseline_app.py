@@ -1,9 +1,9 @@
-"""The "tutorial pattern" the hub is measured against (issue 6).
+"""The "tutorial pattern" the hub is measured against (docs/performance.md).
 
 A tiny sse-starlette app with the URL shape of the hub: every stream opens its own
 `redis.asyncio` PubSub on the job's channel, reads the snapshot with GET, then relays
 each published message. This is what most blog posts and answers show, and the first
-row of the peer table in issue 6. It is deliberately left as written there: one Redis
+row of the peer table in docs/performance.md. It is deliberately left as written there: one Redis
 connection, one PubSub reader and one sse-starlette ping task per client.
 
 Publishers write the job's snapshot to `baseline:job:{id}` and PUBLISH the same JSON on

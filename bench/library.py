@@ -1,4 +1,4 @@
-"""Publishing through the `pubsub` library: the path pipelines use (API.md §2.1).
+"""Publishing through the `pubsub` library: the path pipelines use (docs/api.md §2.1).
 
 `LibraryTarget` feeds the hub the way a worker does: one `JobStore` per publishing
 process and a `Tracker` per job, each update a read plus an atomic commit in Redis. The
@@ -41,7 +41,7 @@ class LibraryTarget:
 
     Trackers run with `coalesce=0` and every call is flushed before the next one to the
     same job, so each call is exactly one committed event: the bench counts events, and
-    the tracker's default 50 ms coalescing would merge them (by design, API.md §2).
+    the tracker's default 50 ms coalescing would merge them (by design, docs/api.md §2).
     """
 
     name = "library"

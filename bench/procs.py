@@ -1,7 +1,7 @@
 """Child processes of a bench run: a private Redis, the servers under test, /proc readings.
 
 Every process started here is stopped by the context manager that started it, so an
-interrupted run leaves nothing behind (issue 6: "sets itself up").
+interrupted run leaves nothing behind (docs/performance.md: "sets itself up").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The scenarios of issue 6, each run against one target on a fresh server process.
+"""The scenarios of docs/performance.md, each run against one target on a fresh server process.
 
 Every load loop is bounded twice: by a count of events or requests, and by a deadline.
 A figure counts only when every subscriber got every event in order (`Delivery.complete`);
@@ -27,7 +27,7 @@ BURST_ROUND = 50  # events per burst round: under the hub's 64-frame mailbox (ap
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    """How big each scenario is; `--full` uses the sizes named in issue 6."""
+    """How big each scenario is; `--full` uses the sizes named in docs/performance.md."""
 
     stream_counts: tuple[int, ...] = (2_000, 5_000)
     stream_jobs: int = 100

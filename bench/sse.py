@@ -6,6 +6,10 @@ those markers out with one regex call per read, which is what lets one Python pr
 count 100k+ deliveries per second. CLOCK_MONOTONIC is system-wide on Linux, so the
 publisher's stamp and the subscriber's receive time are comparable across processes.
 
+So it does not use `tests.sse_frames`, the parser the tests read streams with:
+counting needs no frame taken apart, and the bench client must stay
+cheaper than the hub it measures.
+
 HTTP chunk-size lines never fall inside a frame (uvicorn writes each body message as one
 chunk and SSE servers send whole frames), so they need no decoding here.
 """

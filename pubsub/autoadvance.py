@@ -2,7 +2,7 @@
 
 A stage entered with an expected duration moves toward its end on a timer, about 90% of
 the way at the expected time, then slower and slower, never arriving: the stage's end is
-for the pipeline's real "done" (issue 3). The tracker's sender task drives the timer.
+for the pipeline's real "done" (docs/publishing.md). The tracker's sender task drives the timer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Coalescing: queued updates of one job merged into as few publishes as give the same state.
 
-A publisher emitting thousands of updates per second must not flood the broker (issue 3),
+A publisher emitting thousands of updates per second must not flood the broker (docs/publishing.md),
 and during an outage only the latest state needs keeping. So each queued update joins the
 newest queued one when publishing the pair as one update ends in the same job state as
 publishing them in turn; otherwise it starts a new entry. Entries start only at stage and

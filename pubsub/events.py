@@ -1,7 +1,7 @@
 """The wire model: job snapshots, the updates that change them, and the broker envelope.
 
 Every event is a full snapshot of one job (state, not delta), so any single event is
-enough to render it (API.md §1). All wire types are frozen msgspec Structs that refuse
+enough to render it (docs/api.md §1). All wire types are frozen msgspec Structs that refuse
 unknown fields, decoded by typed decoders built once, so bad input fails at the door with
 a message that names the field.
 """
@@ -43,7 +43,7 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATUSES: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
-# API.md §1: only a queued or running job stalls; a retrying one is waiting on purpose.
+# docs/api.md §1: only a queued or running job stalls; a retrying one is waiting on purpose.
 STALLABLE_STATUSES: Final = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN)]
@@ -75,7 +75,7 @@ class Chunks(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class Snapshot(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The full state of one job at one seq (API.md §1)."""
+    """The full state of one job at one seq (docs/api.md §1)."""
 
     job_id: str
     seq: int
@@ -120,7 +120,7 @@ class ChunksPatch(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 
 class Update(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One publish: any subset of the fields a pipeline may change (API.md §2)."""
+    """One publish: any subset of the fields a pipeline may change (docs/api.md §2)."""
 
     status: JobStatus | UnsetType = UNSET
     stage: StageKey | UnsetType = UNSET
@@ -164,6 +164,11 @@ ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 UPDATE_DECODER: Final = msgspec.json.Decoder(Update)
 CREATE_DECODER: Final = msgspec.json.Decoder(CreateJob)
 ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_envelope(event: EventKind, snapshot_json: bytes) -> bytes:
+    """The `Envelope` of an already encoded snapshot, without encoding it a second time."""
+    return b'{"event":"%s","snapshot":%s}' % (event.value.encode(), snapshot_json)
 
 
 def is_valid_job_id(job_id: str) -> bool:

@@ -23,6 +23,7 @@ from pubsub.events import (
     Update,
     encode_meta,
 )
+from pubsub.nesting import check_nesting
 from pubsub.pipelines import Pipeline, PipelineRegistry
 
 # ETA needs a little history before it means anything: at least this long running
@@ -67,6 +68,7 @@ def new_record(
 
 def encode_result(result: Any) -> bytes:
     """Store a result as one kind byte and its body: text stays text, anything else JSON."""
+    check_nesting(result, "result")
     if isinstance(result, str):
         body = TEXT_RESULT + result.encode()
     else:
@@ -122,7 +124,7 @@ def apply_update(
         progress = stage_start + (stage_end - stage_start) * fraction
     if update.progress is not UNSET:
         progress = update.progress
-    # Progress never goes back while the job runs (API.md §1); the one exception is a
+    # Progress never goes back while the job runs (docs/api.md §1); the one exception is a
     # stage restarted after `retrying`.
     if progress < old.progress and old.status is not JobStatus.RETRYING:
         progress = old.progress
@@ -133,6 +135,10 @@ def apply_update(
 
     attempt = old.attempt if update.attempt is UNSET else update.attempt
     max_attempts = old.max_attempts if update.max_attempts is UNSET else update.max_attempts
+    if attempt is not None and max_attempts is not None and attempt > max_attempts:
+        raise InvalidUpdate(
+            f"attempt {attempt} is past max_attempts {max_attempts}", field="attempt"
+        )
     # Written when a retry is announced, not on every update while retrying: a heartbeat
     # must not overwrite what the pipeline said since ("Waiting 30 s before retrying").
     announced = update.status is not UNSET or update.attempt is not UNSET
@@ -144,7 +150,7 @@ def apply_update(
     if old.status is JobStatus.RETRYING and status not in (JobStatus.RETRYING, JobStatus.FAILED):
         # The retry is under way (or done): "Retrying... (2/3)" and the error that caused
         # it no longer describe the job, and `error` on a completed job would read as a
-        # failure (API.md §1: `error` is set when failed).
+        # failure (docs/api.md §1: `error` is set when failed).
         if update.error is UNSET:
             error = None
         # Only the line the hub wrote itself, and only if nothing newer replaced it.
@@ -288,6 +294,7 @@ def _eta(
 
 
 def _check_meta(meta: dict[str, Any]) -> None:
+    check_nesting(meta, "meta")
     try:
         encode_meta(meta)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Pipelines: ordered stages, each owning a percent range `[start, end)` of the job (API.md §5).
+"""Pipelines: ordered stages, each owning a percent range `[start, end)` (docs/api.md §5).
 
 Built-in pipelines ship here; users add their own in a TOML file:
 
@@ -32,10 +32,6 @@ class Stage(msgspec.Struct, frozen=True, kw_only=True):
     end: float
     expected_seconds: float | None = None
     chunks: bool = False
-
-    def percent_at(self, fraction: float) -> float:
-        """Map progress inside this stage (0-1) onto the job's percent."""
-        return self.start + (self.end - self.start) * min(max(fraction, 0.0), 1.0)
 
 
 @dataclass(frozen=True, slots=True)

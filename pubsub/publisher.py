@@ -5,7 +5,7 @@
         await job.advance(0.5, "Page 10 of 20")
         await job.complete({"pages": 20})
 
-How it keeps its promises (issue 3, API.md §2):
+How it keeps its promises (docs/api.md §2, docs/publishing.md):
 
 - Calls never wait for the network. Each is checked at once (`ValueError` at the call
   site, see `pubsub.updates`), queued in a `Backlog`, and published by one sender task
@@ -68,7 +68,7 @@ log = structlog.get_logger(__name__)
 
 # asyncio's own clock and events, not anyio's: the library runs on asyncio (redis.asyncio,
 # the sync tracker's loop), and anyio looks up the running backend on every call, a
-# tenth of a publish's CPU in the bench's profile (issue 6: library publish).
+# tenth of a publish's CPU in the bench's profile (docs/performance.md: library publish).
 _now = time.monotonic
 
 DEFAULT_COALESCE_SECONDS: Final = 0.05

@@ -32,6 +32,7 @@ from pubsub.events import (
     JobStatus,
     Snapshot,
     Update,
+    encode_envelope,
     is_valid_job_id,
 )
 from pubsub.merge import (
@@ -257,7 +258,7 @@ class JobStore:
         """Delete a job; its open streams receive `deleted`."""
         self._known.pop(job_id, None)
         snapshot = await self.get(job_id)
-        envelope = ENCODER.encode({"event": EventKind.DELETED, "snapshot": snapshot})
+        envelope = encode_envelope(EventKind.DELETED, ENCODER.encode(snapshot))
         if not await self.broker.delete(job_id, envelope):
             raise JobNotFound(job_id)
         log.info("job_deleted", job_id=job_id)
@@ -356,14 +357,13 @@ class JobStore:
     ) -> Commit:
         snapshot = record.snapshot
         snapshot_json = ENCODER.encode(snapshot)
-        envelope = b'{"event":"progress","snapshot":%s}' % snapshot_json
         ttl = self.retention if snapshot.is_terminal else ACTIVE_TTL
         return Commit(
             job_id=snapshot.job_id,
             expected_seq=expected_seq,
             record=ENCODER.encode(record),
             snapshot=snapshot_json,
-            envelope=envelope,
+            envelope=encode_envelope(EventKind.PROGRESS, snapshot_json),
             ttl=ttl,
             history_len=self.history_len,
             created_at=snapshot.created_at,

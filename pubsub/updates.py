@@ -1,7 +1,7 @@
 """Tracker calls turned into checked `Update`s, shared by `Tracker` and `SyncTracker`.
 
 Every call is checked here, before anything is queued, so a wrong call raises
-`ValueError` at the call site (issue 3) instead of being rejected by the hub later, when
+`ValueError` at the call site (docs/publishing.md) instead of being rejected by the hub later, when
 no pipeline code is left to hear about it.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from msgspec import UNSET
 
-from pubsub.errors import PayloadTooLarge
+from pubsub.errors import InvalidUpdate, PayloadTooLarge
 from pubsub.events import (
     MAX_ERROR_CHARS,
     MAX_ETA_SECONDS,
@@ -24,6 +24,7 @@ from pubsub.events import (
     encode_meta,
 )
 from pubsub.merge import encode_result
+from pubsub.nesting import check_nesting
 from pubsub.pipelines import Pipeline, Stage
 
 MERGE_STAGE: Final = "merge"
@@ -90,7 +91,11 @@ class UpdateBuilder:
         return Update(heartbeat=True)
 
     def meta(self, values: dict[str, Any]) -> Update:
-        """Caller metadata merged into the job's (8 KiB encoded at most)."""
+        """Caller metadata merged into the job's (8 KiB encoded, 32 levels deep at most)."""
+        try:
+            check_nesting(values, "meta")
+        except InvalidUpdate as exc:
+            raise ValueError(exc.reason) from None
         encode_meta(values)
         return Update(meta=values)
 
@@ -114,7 +119,7 @@ class UpdateBuilder:
     def chunk_failed(
         self, index: int, page_start: int | None, page_end: int | None, error: str
     ) -> Update:
-        """One chunk failed; the job says which, with its pages (API.md §5)."""
+        """One chunk failed; the job says which, with its pages (docs/api.md §5)."""
         current = self._chunk(index, page_start, page_end)
         pages = f" (pages {page_start}-{page_end})" if page_start is not None else ""
         text = f"Chunk {index + 1}{pages} failed: {error}"
@@ -137,11 +142,13 @@ class UpdateBuilder:
         )
 
     def complete(self, result: Any, message: str | None) -> Update:
-        """Finish the job, with an optional text or JSON result (1 MiB at most)."""
+        """Finish the job, with an optional text or JSON result (1 MiB, 32 levels at most)."""
         if result is None:
             return Update(status=JobStatus.COMPLETED, message=_message(message))
         try:
             encode_result(result)
+        except InvalidUpdate as exc:
+            raise ValueError(exc.reason) from None
         except PayloadTooLarge as exc:
             raise ValueError(str(exc)) from None
         return Update(status=JobStatus.COMPLETED, result=result, message=_message(message))

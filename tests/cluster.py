@@ -24,8 +24,10 @@ from pathlib import Path
 import redis
 
 from progress_hub.embedded import EmbeddedServer, find_server_binary, free_port
+from tests.conditions import wait_until
 
 SETTLE_TIMEOUT = 30.0
+# A cluster has no event to wait on: its state is polled this often.
 POLL_INTERVAL = 0.05
 SLOTS = 16384
 
@@ -46,15 +48,6 @@ def find_cli_binary(server_binary: str) -> str:
         if candidate.is_file():
             return str(candidate)
     raise RuntimeError("no redis-cli / valkey-cli to create a cluster with")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    """Poll `condition` (a cluster has no event to wait on) until true; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{message} (within {timeout} s)")
-        time.sleep(POLL_INTERVAL)
 
 
 @dataclass(slots=True)
@@ -233,7 +226,7 @@ class RedisCluster:
         def known() -> bool:
             return any(view.node_id == master_id for view in self.view(node))
 
-        wait_for(known, SETTLE_TIMEOUT, f"{node.address} did not meet the cluster")
+        wait_until(known, SETTLE_TIMEOUT, f"{node.address} did not meet the cluster", POLL_INTERVAL)
         node.command("CLUSTER", "REPLICATE", master_id)
 
         def in_sync() -> bool:
@@ -245,7 +238,12 @@ class RedisCluster:
                 client.close()
             return node in self.replicas_of(master)  # and the others know it
 
-        wait_for(in_sync, SETTLE_TIMEOUT, f"{node.address} did not sync with {master.address}")
+        wait_until(
+            in_sync,
+            SETTLE_TIMEOUT,
+            f"{node.address} did not sync with {master.address}",
+            POLL_INTERVAL,
+        )
         return node
 
     def live_nodes(self) -> list[ClusterNode]:
@@ -282,7 +280,7 @@ class RedisCluster:
     def wait_settled(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until `cluster_state:ok` on every live node and one agreed slot map, served
         by live masters only (so after `kill` of a master: until its replica took over)."""
-        wait_for(self._settled, timeout, "the cluster did not settle")
+        wait_until(self._settled, timeout, "the cluster did not settle", POLL_INTERVAL)
 
     def _replicated(self) -> bool:
         try:
@@ -308,7 +306,9 @@ class RedisCluster:
 
     def wait_replicated(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until every master has its replicas online (after a restart, a resync)."""
-        wait_for(self._replicated, timeout, "the masters' replicas did not come online")
+        wait_until(
+            self._replicated, timeout, "the masters' replicas did not come online", POLL_INTERVAL
+        )
 
     def master_nodes(self) -> list[ClusterNode]:
         """The live nodes that serve slots now, in node order."""
@@ -396,7 +396,7 @@ class RedisCluster:
                     return True
             return False
 
-        wait_for(any_promoted, timeout, "no replica was promoted")
+        wait_until(any_promoted, timeout, "no replica was promoted", POLL_INTERVAL)
         return promoted[0], time.monotonic()
 
     def kill(self, node: ClusterNode) -> None:

@@ -16,7 +16,8 @@ from pubsub.brokers import keys
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster
-from tests.streams import Block, RawStream
+from tests.sse_frames import Frame
+from tests.streams import RawStream
 
 # Pacing between retries of a refused publish (what a worker's retry loop does), and
 # between readiness probes: not waits for anything.
@@ -138,7 +139,7 @@ class Watcher:
 
     job_id: str
     stream: RawStream
-    events: list[tuple[float, Block]] = field(default_factory=list)
+    events: list[tuple[float, Frame]] = field(default_factory=list)
     closed: bool = False
 
     async def run(self) -> None:

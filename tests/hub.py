@@ -8,8 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,10 @@ from progress_hub.embedded import free_port, stop_process
 from progress_hub.main import create_app
 from progress_hub.settings import Settings
 from progress_hub.shutdown import HubServer, ShutdownNotice
+from tests.conditions import wait_until
 
 START_TIMEOUT = 15.0
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_until(condition: Any, timeout: float, message: str, interval: float = 0.01) -> None:
-    """Wait for `condition()` to be true, failing with `message` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(message)
-        time.sleep(interval)
 
 
 @dataclass
@@ -119,19 +110,27 @@ class ProcessHub:
 
 
 @contextmanager
-def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> Iterator[ProcessHub]:
+def spawn_hub(
+    env: Mapping[str, str],
+    *args: str,
+    log: Path | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "progress_hub.cli", "serve"),
+    cwd: Path = REPO,
+) -> Iterator[ProcessHub]:
     """Run `progress-hub serve` with `env` (PROGRESS_* variables) until the block ends.
 
     Args:
         log: a file that receives the hub's stdout and stderr (its log lines).
+        command: how to start `serve` (another venv's `progress-hub serve`, say).
+        cwd: the directory it runs in.
     """
     port = free_port()
     output = open(log, "wb") if log is not None else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(port), *args],
+        [*command, "--port", str(port), *args],
         # Any free port for an embedded broker: test hubs run side by side (README "Ten lines").
         env={"PROGRESS_EMBEDDED_PORT": "0", **os.environ, **env},
-        cwd=REPO,
+        cwd=cwd,
         stdout=output or subprocess.DEVNULL,
         stderr=output or subprocess.DEVNULL,
     )
@@ -152,3 +151,20 @@ def spawn_hub(env: Mapping[str, str], *args: str, log: Path | None = None) -> It
         stop_process(process, signal.SIGTERM, 15)
         if output is not None:
             output.close()
+
+
+def serve_refuses(*args: str, env: Mapping[str, str]) -> str:
+    """Run `progress-hub serve` where it must refuse to start: exit 2 and one line on
+    stderr (docs/api.md §7), which is returned."""
+    result = subprocess.run(
+        [sys.executable, "-m", "progress_hub.cli", "serve", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

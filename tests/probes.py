@@ -19,6 +19,12 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
     raise KeyError(f"no sample {name!r} in /metrics")
 
 
+async def settled(http: httpx.AsyncClient) -> bool:
+    """True once the hub holds no stream and no broker subscription (all clients gone)."""
+    open_streams = await metric(http, "progress_streams_open")
+    return open_streams == 0 and await metric(http, "progress_subscriptions") == 0
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process, in KiB (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

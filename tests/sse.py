@@ -1,4 +1,8 @@
-"""Reading Server-Sent Event streams in tests, always under a deadline."""
+"""Reading Server-Sent Event streams over httpx in tests, always under a deadline.
+
+The frames are parsed by the tests' one parser (`tests.sse_frames`), which keeps the
+pings and bare `retry:` hints a browser does not dispatch.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 
 import anyio
 import httpx
-from httpx_sse import ServerSentEvent, aconnect_sse
+
+from tests.sse_frames import Frame, FrameParser
 
 
 @dataclass
@@ -18,11 +23,11 @@ class Stream:
     """An open SSE response and the events read from it so far."""
 
     response: httpx.Response
-    events: list[ServerSentEvent] = field(default_factory=list)
+    events: list[Frame] = field(default_factory=list)
     retry: int | None = None
-    _iterator: AsyncIterator[ServerSentEvent] | None = None
+    _iterator: AsyncIterator[Frame] | None = None
 
-    async def next(self, timeout: float = 5) -> ServerSentEvent:
+    async def next(self, timeout: float = 5) -> Frame:
         """The next event; `TimeoutError` if none comes in time, `EOFError` at the end."""
         assert self._iterator is not None
         with anyio.fail_after(timeout):
@@ -34,18 +39,18 @@ class Stream:
                 if event.retry is not None:
                     self.retry = event.retry
                 # A browser dispatches no event for a frame without data (a bare retry:).
-                if event.data or event.event != "message":
+                if event.is_event or event.event is not None:
                     break
         self.events.append(event)
         return event
 
-    async def take(self, count: int, timeout: float = 5) -> list[ServerSentEvent]:
+    async def take(self, count: int, timeout: float = 5) -> list[Frame]:
         """The next `count` events."""
         return [await self.next(timeout) for _ in range(count)]
 
-    async def until_end(self, timeout: float = 5) -> list[ServerSentEvent]:
+    async def until_end(self, timeout: float = 5) -> list[Frame]:
         """Every event up to the server closing the stream."""
-        taken: list[ServerSentEvent] = []
+        taken: list[Frame] = []
         with anyio.fail_after(timeout):
             while True:
                 try:
@@ -58,14 +63,23 @@ class Stream:
 async def open_stream(
     client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
 ) -> AsyncIterator[Stream]:
-    """Open an SSE stream (status 200 expected) for the duration of the block."""
-    async with aconnect_sse(client, "GET", path, headers=dict(headers or {})) as source:
-        stream = Stream(response=source.response)
-        stream._iterator = source.aiter_sse()
+    """Open an SSE stream for the duration of the block (`stream.response` has its status)."""
+    asked = {"Accept": "text/event-stream", "Cache-Control": "no-store", **(headers or {})}
+    async with client.stream("GET", path, headers=asked) as response:
+        stream = Stream(response=response)
+        stream._iterator = _frames(response)
         yield stream
 
 
-def data(event: ServerSentEvent) -> dict[str, Any]:
+async def _frames(response: httpx.Response) -> AsyncIterator[Frame]:
+    parser = FrameParser()
+    async for chunk in response.aiter_bytes():
+        for frame in parser.feed(chunk):
+            yield frame
+
+
+def data(event: Frame) -> dict[str, Any]:
     """An event's JSON data."""
+    assert event.data, f"no data in {event}"
     decoded: dict[str, Any] = json.loads(event.data)
     return decoded

@@ -9,45 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """One blank-line-terminated block of an event stream: an event, a `retry:` or a comment."""
-
-    event: str | None = None
-    id: str | None = None
-    data: str | None = None
-    retry: int | None = None
-    comment: str | None = None
-
-    @property
-    def seq(self) -> int:
-        """The event's id as a number (the job's seq)."""
-        assert self.id is not None, f"block has no id: {self}"
-        return int(self.id)
-
-
-def parse_block(raw: bytes) -> Block:
-    """Parse one block's lines (WHATWG HTML §9.2.6, without the multi-line data join)."""
-    fields: dict[str, str] = {}
-    comment = None
-    for line in raw.decode().split("\n"):
-        if line.startswith(":"):
-            comment = line[1:].strip()
-            continue
-        name, _, value = line.partition(":")
-        fields[name] = value.removeprefix(" ")
-    retry = fields.get("retry")
-    return Block(
-        event=fields.get("event"),
-        id=fields.get("id"),
-        data=fields.get("data"),
-        retry=int(retry) if retry is not None else None,
-        comment=comment,
-    )
+from tests.sse_frames import Frame, FrameParser
 
 
 @dataclass(eq=False)
@@ -58,7 +24,8 @@ class RawStream:
     writer: asyncio.StreamWriter
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
-    _buffer: bytes = b""
+    _parser: FrameParser = field(default_factory=FrameParser)
+    _frames: deque[Frame] = field(default_factory=deque)
     _chunked: bool = False
     _eof: bool = False
 
@@ -118,10 +85,10 @@ class RawStream:
         data = await self.reader.readexactly(size + 2)
         return data[:-2]
 
-    async def next_block(self, timeout: float = 10.0) -> Block | None:
+    async def next_block(self, timeout: float = 10.0) -> Frame | None:
         """The next block of the stream, None once the server closed it."""
         async with asyncio.timeout(timeout):
-            while b"\n\n" not in self._buffer:
+            while not self._frames:
                 try:
                     data = await self._read_body_bytes()
                 except (asyncio.IncompleteReadError, ConnectionError):
@@ -129,11 +96,10 @@ class RawStream:
                     self._eof = True
                 if not data:
                     return None
-                self._buffer += data
-        raw, self._buffer = self._buffer.split(b"\n\n", 1)
-        return parse_block(raw)
+                self._frames.extend(self._parser.feed(data))
+        return self._frames.popleft()
 
-    async def next_event(self, timeout: float = 10.0) -> Block | None:
+    async def next_event(self, timeout: float = 10.0) -> Frame | None:
         """The next block that is an event (skipping comments and `retry:` hints)."""
         async with asyncio.timeout(timeout):
             while (block := await self.next_block()) is not None:
@@ -141,9 +107,9 @@ class RawStream:
                     return block
         return None
 
-    async def blocks_until_close(self, timeout: float = 10.0) -> list[Block]:
+    async def blocks_until_close(self, timeout: float = 10.0) -> list[Frame]:
         """Every block until the server closes the stream."""
-        blocks: list[Block] = []
+        blocks: list[Frame] = []
         async with asyncio.timeout(timeout):
             while (block := await self.next_block()) is not None:
                 blocks.append(block)

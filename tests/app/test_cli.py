@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from progress_hub.embedded import free_port
-from tests.hub import REPO, spawn_hub, wait_until
+from tests.conditions import wait_until
+from tests.hub import serve_refuses, spawn_hub
 
 
 def _env_without_progress_settings() -> dict[str, str]:
@@ -51,18 +52,8 @@ def test_serve_with_no_broker_url_embeds_a_server_that_keeps_jobs_across_restart
 def test_serve_bad_configuration_exits_2_with_one_line_reason(
     args: list[str], env: dict[str, str], reason: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "progress_hub.cli", "serve", *args],
-        env={**_env_without_progress_settings(), **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert reason in lines[0]
+    line = serve_refuses(*args, env={**_env_without_progress_settings(), **env})
+    assert reason in line
 
 
 def _children(pid: int) -> list[int]:
@@ -101,19 +92,12 @@ def test_serve_with_its_embedded_port_taken_exits_2_naming_it(tmp_path: Path) ->
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(free_port())]
-            + ["--embedded-port", str(port), "--data-dir", str(tmp_path)],
+        line = serve_refuses(
+            *("--port", str(free_port()), "--embedded-port", str(port)),
+            *("--data-dir", str(tmp_path)),
             env=_env_without_progress_settings(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
         )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert f"port 127.0.0.1:{port} is taken" in lines[0] and "PROGRESS_EMBEDDED_PORT" in lines[0]
+    assert f"port 127.0.0.1:{port} is taken" in line and "PROGRESS_EMBEDDED_PORT" in line
 
 
 def test_serve_help_explains_each_flag_with_its_variable_and_default() -> None:

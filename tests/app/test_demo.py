@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from progress_hub import demo
-from pubsub.broker import open_broker
 from pubsub.events import JobStatus, Snapshot
 from pubsub.store import JobStore
 from tests.conditions import eventually
@@ -20,21 +18,12 @@ from tests.hub import REPO, spawn_hub
 SCENARIOS = ("video", "ocr", "summary", "pdf")
 
 
-@pytest.fixture
-async def reader(redis_url: str) -> AsyncIterator[JobStore]:
-    broker = open_broker(redis_url)
-    try:
-        yield JobStore(broker)
-    finally:
-        await broker.aclose()
-
-
 def _by_scenario(jobs: list[Snapshot]) -> dict[str, Snapshot]:
     """The demo names its jobs demo-<run>-<scenario>-<round>."""
     return {job.job_id.split("-")[2]: job for job in jobs if job.job_id.startswith("demo-")}
 
 
-async def test_demo_round_reaches_every_end_state(redis_url: str, reader: JobStore) -> None:
+async def test_demo_round_reaches_every_end_state(redis_url: str, store: JobStore) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "progress_hub.cli", "demo", "--broker-url", redis_url]
         + ["--speed", "40", "--rounds", "1"],
@@ -44,12 +33,12 @@ async def test_demo_round_reaches_every_end_state(redis_url: str, reader: JobSto
     )
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
 
-    jobs = _by_scenario(await reader.list_jobs())
+    jobs = _by_scenario(await store.list_jobs())
     assert set(jobs) == set(SCENARIOS)
     video, ocr, summary, pdf = (jobs[name] for name in SCENARIOS)
 
     assert (video.status, video.pipeline, video.progress) == (JobStatus.COMPLETED, "video", 100)
-    assert await reader.result(video.job_id) == (
+    assert await store.result(video.job_id) == (
         b'{"clips":3,"posted":["tiktok","instagram"]}',
         "application/json",
     )
@@ -59,7 +48,7 @@ async def test_demo_round_reaches_every_end_state(redis_url: str, reader: JobSto
     assert (ocr.chunks.total, ocr.chunks.completed, ocr.chunks.failed) == (17, 16, 1)
     assert ocr.error == "Chunk 5 (pages 101-125) failed: Document AI timeout"
 
-    history = [json.loads(raw) for raw in await reader.history(summary.job_id)]
+    history = [json.loads(raw) for raw in await store.history(summary.job_id)]
     retries = [e["message"] for e in history if e["status"] == "retrying"]
     assert retries == ["Retrying... (2/3)", "Retrying... (3/3)"]
     assert (summary.status, summary.attempt, summary.error) == (JobStatus.COMPLETED, 3, None)
@@ -70,7 +59,7 @@ async def test_demo_round_reaches_every_end_state(redis_url: str, reader: JobSto
 
 
 async def test_serve_demo_keeps_jobs_moving_and_cancels_its_leftovers(
-    redis_url: str, reader: JobStore
+    redis_url: str, store: JobStore
 ) -> None:
     env = {"PROGRESS_BROKER_URL": redis_url}
     with spawn_hub(env, "--demo", "--demo-speed", "40") as hub:
@@ -92,13 +81,13 @@ async def test_serve_demo_keeps_jobs_moving_and_cancels_its_leftovers(
 
     # The demo stops with the hub and cancels the jobs its workers left unfinished.
     async def active_demo_jobs() -> list[str]:
-        jobs = await reader.list_jobs(
+        jobs = await store.list_jobs(
             status=[JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING]
         )
         return [job.job_id for job in jobs if job.job_id.startswith("demo-")]
 
     await eventually(active_demo_jobs, lambda ids: ids == [], 20, "no demo job left active")
-    cancelled = await reader.list_jobs(status=[JobStatus.CANCELLED])
+    cancelled = await store.list_jobs(status=[JobStatus.CANCELLED])
     assert {job.message for job in cancelled} <= {"Demo stopped"}
 
 

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 from pubsub.brokers.keys import job_channel
 from pubsub.events import ENCODER, JobStatus, Snapshot, Update
 from pubsub.store import JobStore
+from tests.conditions import eventually
 from tests.hub import ThreadHub, spawn_hub
-from tests.probes import metric, rss_kib
+from tests.probes import metric, rss_kib, settled
 from tests.streams import RawStream
 
 EVENTS = 10_000
@@ -139,11 +140,13 @@ async def test_stuck_client_is_disconnected_after_the_send_timeout(
                 await _flood(redis_url, base, EVENTS)
                 flooded_at = time.monotonic()
 
-                async def dropped() -> None:
-                    while await metric(http, "progress_slow_client_disconnects_total") < 1:
-                        await asyncio.sleep(0.05)
-
-                await asyncio.wait_for(dropped(), timeout=10)
+                await eventually(
+                    lambda: metric(http, "progress_slow_client_disconnects_total"),
+                    lambda dropped: dropped >= 1,
+                    10,
+                    "the slow client was dropped",
+                    interval=0.05,
+                )
                 dropped_after = time.monotonic() - flooded_at
                 assert await metric(http, "progress_streams_open") == 0
                 # Reading again, the client finds the stream ended.
@@ -182,13 +185,7 @@ async def test_client_churn_leaves_no_subscription_behind(redis_url: str, store:
             await asyncio.gather(*(visit(i) for i in range(CHURN)))
             churn_seconds = time.monotonic() - started
 
-            async def settled() -> None:
-                while await metric(http, "progress_streams_open") or await metric(
-                    http, "progress_subscriptions"
-                ):
-                    await asyncio.sleep(0.05)
-
-            await asyncio.wait_for(settled(), timeout=5)
+            await eventually(lambda: settled(http), bool, 5, "streams closed", interval=0.05)
             rss_after = rss_kib(hub.process.pid)
             raw = redis.Redis.from_url(redis_url)
             try:

@@ -145,7 +145,7 @@ async def test_cluster_jobs_on_every_master_reach_streams_on_another_hub(
                 for job_id, stream in streams.items():
                     event = await stream.next_event(timeout=5)
                     assert event is not None and (event.event, event.seq) == ("progress", 2)
-                    assert event.data is not None
+                    assert event.data, "a progress event carries the job"
                     expected = 40 if job_id in http_jobs else 60
                     assert json.loads(event.data)["progress"] == expected, job_id
                 # Each job's update, as a `progress` event, or in the job's `snapshot` when
@@ -153,7 +153,7 @@ async def test_cluster_jobs_on_every_master_reach_streams_on_another_hub(
                 seen: set[str] = set()
                 while seen != set(every_job):
                     event = await firehose.next_event(timeout=5)
-                    assert event is not None and event.data is not None, sorted(seen)
+                    assert event is not None and event.data, sorted(seen)
                     snapshot = json.loads(event.data)  # no `id:` on this multiplexed stream
                     if snapshot["seq"] == 2:
                         seen.add(snapshot["job_id"])

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.hub import spawn_hub, wait_until
+from tests.conditions import wait_until
+from tests.hub import spawn_hub
 from tests.probes import child_pids
-from tests.streams import Block, RawStream
+from tests.sse_frames import Frame
+from tests.streams import RawStream
 
 CLIENTS = 20
 
@@ -29,9 +31,9 @@ async def _open_many(base_url: str, path: str) -> list[RawStream]:
     return list(await asyncio.gather(*(RawStream.open(base_url, path) for _ in range(CLIENTS))))
 
 
-async def _events_until(stream: RawStream, seq: int) -> list[Block]:
+async def _events_until(stream: RawStream, seq: int) -> list[Frame]:
     """Every event up to and including `seq`."""
-    events: list[Block] = []
+    events: list[Frame] = []
     while not events or events[-1].seq < seq:
         event = await stream.next_event(timeout=5)
         assert event is not None, f"stream closed after {[e.seq for e in events]}"

@@ -118,7 +118,7 @@ async def test_redis_outage_keeps_streams_open_and_restart_resyncs_every_stream(
                     event = await stream.next_event(timeout=5)
                     assert event is not None, "stream closed instead of resyncing"
                     assert event.event == "snapshot"
-                    assert event.data is not None
+                    assert event.data, "a snapshot event carries the job"
                     return json.loads(event.data)["job_id"], time.monotonic() - restarted_at
 
                 results = await asyncio.gather(*(resynced(s) for s in streams))

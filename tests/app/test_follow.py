@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from progress_hub import follow
 from pubsub import JobStatus, JobStore, Update, open_broker
+from tests.conditions import wait_until
 from tests.conftest import HubFactory
-from tests.hub import ThreadHub, run_hub, wait_until
+from tests.hub import ThreadHub, run_hub
 
 DEADLINE = 20.0
 
@@ -23,7 +24,7 @@ def test_job_watch_falls_back_to_polling_when_streams_are_turned_away(
     start_hub: HubFactory,
 ) -> None:
     # One connection allowed and held by us: every stream gets 200, a long jittered
-    # retry: and a close (API.md §3, over the connection limit), every poll a 503.
+    # retry: and a close (docs/api.md §3, over the connection limit), every poll a 503.
     hub = start_hub(max_connections=1)
 
     def publish(**update: Any) -> None:
@@ -60,7 +61,7 @@ def test_job_watch_falls_back_to_polling_when_streams_are_turned_away(
         finished = threading.Thread(target=follower.follow, daemon=True)
         finished.start()
         # Three streams turned away, then polls, which the full hub answers with 503
-        # (issue 5) until our stream leaves.
+        # (docs/api.md §7, PROGRESS_MAX_CONNECTIONS) until our stream leaves.
         failures = follow.STREAM_FAILURES_BEFORE_POLLING
         wait_until(lambda: len(modes) > failures, DEADLINE, f"modes: {modes}")
         held.close()

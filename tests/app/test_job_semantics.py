@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
-import anyio
 import httpx
 import pytest
 import redis.asyncio as redis
-from httpx_sse import aconnect_sse
 
 from pubsub.brokers.keys import index_key, partition
 from pubsub.publisher import Tracker
 from pubsub.store import ACTIVE_TTL
 from tests.conditions import eventually
 from tests.conftest import HubFactory
+from tests.sse import data, open_stream
 
 
 async def _post(http: httpx.AsyncClient, job_id: str, **body: Any) -> dict[str, Any]:
@@ -81,18 +79,14 @@ async def test_stall_flag_reaches_open_streams_and_polls(start_hub: HubFactory) 
     hub = start_hub(stall_after=0.3)
     async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
         await _post(http, "stall-1", status="running", stage="work", progress=40)
-        events: list[tuple[str, dict[str, Any]]] = []
-        with anyio.fail_after(10):
-            async with aconnect_sse(http, "GET", "/api/jobs/stall-1/events") as source:
-                async for sse in source.aiter_sse():
-                    if not sse.data:
-                        continue  # the opening `retry:` hint
-                    events.append((sse.event, json.loads(sse.data)))
-                    if events[-1][1]["stalled"]:
-                        polled = (await http.get("/api/jobs/stall-1")).json()
-                        await http.post("/api/jobs/stall-1/events", json={"heartbeat": True})
-                    elif len(events) > 1:
-                        break
+        events: list[tuple[str | None, dict[str, Any]]] = []
+        async with open_stream(http, "/api/jobs/stall-1/events") as stream:
+            while len(events) < 3:
+                event = await stream.next(timeout=10)
+                events.append((event.event, data(event)))
+                if events[-1][1]["stalled"]:
+                    polled = (await http.get("/api/jobs/stall-1")).json()
+                    await http.post("/api/jobs/stall-1/events", json={"heartbeat": True})
 
     (first_kind, first), (stalled_kind, stalled), (_, revived) = events
     assert (first_kind, first["stalled"]) == ("snapshot", False)
@@ -122,7 +116,7 @@ async def test_stall_flag_never_marks_finished_nor_retrying_jobs(start_hub: HubF
 
         await eventually(quiet, lambda s: s["stalled"], 5, "the running job stalls")
         finished = (await http.get("/api/jobs/done-1")).json()
-        # A job waiting to retry is silent on purpose (API.md §1: running or queued only).
+        # A job waiting to retry is silent on purpose (docs/api.md §1: running or queued only).
         waiting = (await http.get("/api/jobs/waiting-1")).json()
 
     assert (finished["stalled"], finished["seq"]) == (False, 1)

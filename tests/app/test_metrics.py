@@ -6,8 +6,9 @@ import asyncio
 
 import httpx
 
+from tests.conditions import eventually
 from tests.hub import spawn_hub
-from tests.probes import metric
+from tests.probes import metric, settled
 from tests.streams import RawStream
 
 EXPECTED = [
@@ -56,10 +57,4 @@ async def test_metrics_count_streams_subscriptions_and_events(redis_url: str) ->
             finally:
                 await asyncio.gather(*(s.aclose() for s in streams))
 
-            async def settled() -> None:
-                while await metric(http, "progress_streams_open") or await metric(
-                    http, "progress_subscriptions"
-                ):
-                    await asyncio.sleep(0.02)
-
-            await asyncio.wait_for(settled(), timeout=5)
+            await eventually(lambda: settled(http), bool, 5, "streams closed", interval=0.02)

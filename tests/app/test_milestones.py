@@ -1,4 +1,4 @@
-"""The milestone gate (API.md §3) over HTTP on real Redis, including a property test."""
+"""The milestone gate (docs/api.md §3) over HTTP on real Redis, including a property test."""
 
 from __future__ import annotations
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -12,7 +10,7 @@ import pytest
 
 from progress_hub.embedded import free_port
 from tests.conftest import HubFactory
-from tests.hub import REPO
+from tests.hub import serve_refuses
 
 TRANSCODE = """
 [pipelines.transcode]
@@ -119,17 +117,6 @@ def test_serve_with_a_bad_pipelines_file_exits_2_with_one_line(
         path.write_text(toml, encoding="utf-8")
     env = {**os.environ, "PROGRESS_PIPELINES": str(path), "PROGRESS_BROKER_URL": "memory://"}
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "progress_hub.cli", "serve", "--port", str(free_port())],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-    assert finished.returncode == 2
-    lines = finished.stderr.strip().splitlines()
-    assert len(lines) == 1, finished.stderr
-    assert lines[0].startswith("progress-hub: bad configuration: ")
-    assert says in lines[0]
+    line = serve_refuses("--port", str(free_port()), env=env)
+    assert line.startswith("progress-hub: bad configuration: ")
+    assert says in line

@@ -1,4 +1,4 @@
-"""Who may write and who may read (API.md §6), CORS, security headers, and what is logged."""
+"""Who may write and who may read (docs/api.md §6), CORS, security headers, and what is logged."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dashboard works under the hub's strict Content-Security-Policy (issue 5).
+"""The dashboard works under the hub's strict Content-Security-Policy (docs/api.md §6).
 
 A real Chromium loads `/` from a live hub, with a job publishing, and must report no CSP
 violation and no script error: an inline script or style, or a CDN, would show up here.
@@ -29,7 +29,7 @@ async def test_dashboard_runs_under_the_content_security_policy(start_hub: HubFa
         pytest.skip("no dashboard in this tree (static/index.html)")
     playwright_api = pytest.importorskip("playwright.async_api")
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does)")
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does as root)")
     hub = start_hub()
     async with httpx.AsyncClient(base_url=hub.url) as http:
         await http.post("/api/jobs/csp/events", json={"status": "running", "progress": 10})

@@ -1,4 +1,4 @@
-"""Size and count limits (issue 5): bodies, results, fields, ids, headers, connections."""
+"""Size and count limits (docs/api.md §2, §7): bodies, results, fields, ids, headers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conditions import eventually
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub
 from tests.streams import RawStream
@@ -176,7 +177,7 @@ async def test_past_max_connections_streams_are_turned_away_and_json_gets_503(
         assert (await http.post("/api/jobs/full/events", json={"progress": 1})).status_code == 202
         streams = await _open_streams(hub, 2)
         try:
-            # A stream gets 200, a jittered retry: of 5-15 s, and a close (API.md §3).
+            # A stream gets 200, a jittered retry: of 5-15 s, and a close (docs/api.md §3).
             retries = set()
             for _ in range(3):
                 async with await RawStream.open(hub.url, "/api/jobs/full/events") as refused:
@@ -196,11 +197,13 @@ async def test_past_max_connections_streams_are_turned_away_and_json_gets_503(
             await asyncio.gather(*(s.aclose() for s in streams))
 
         # Once a client leaves, its slot is free again.
-        async def admitted() -> None:
-            while (await http.get("/api/jobs/full")).status_code != 200:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(admitted(), timeout=5)
+        await eventually(
+            lambda: http.get("/api/jobs/full"),
+            lambda response: response.status_code == 200,
+            5,
+            "a freed slot admits a request",
+            interval=0.02,
+        )
 
 
 async def test_clients_that_leave_before_the_stream_starts_free_their_slot(
@@ -217,12 +220,14 @@ async def test_clients_that_leave_before_the_stream_starts_free_their_slot(
                 if i % 2:
                     sock.recv(1)
 
-        async def all_slots_free() -> list[RawStream]:
-            # The hub notices each vanished client a moment later; until then it may
-            # turn a stream away. Every slot must come back.
-            while (streams := await _try_streams(hub, 3)) is None:
-                await asyncio.sleep(0.05)
-            return streams
-
-        streams = await asyncio.wait_for(all_slots_free(), timeout=10)
+        # The hub notices each vanished client a moment later; until then it may turn a
+        # stream away. Every slot must come back.
+        streams = await eventually(
+            lambda: _try_streams(hub, 3),
+            lambda opened: opened is not None,
+            10,
+            "every slot came back",
+            interval=0.05,
+        )
+        assert streams is not None
         await asyncio.gather(*(s.aclose() for s in streams))

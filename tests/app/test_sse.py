@@ -1,4 +1,4 @@
-"""SSE streams over a real uvicorn hub on a private Redis, read with httpx-sse."""
+"""SSE streams over a real uvicorn hub on a private Redis, read with the hub's own parser."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ async def test_sse_unknown_job_answers_404_json(client: httpx.AsyncClient) -> No
 async def test_sse_last_event_id_the_hub_never_sent_starts_with_snapshot(
     client: httpx.AsyncClient, last_event_id: str
 ) -> None:
-    # Only 404, 403 and 204 end a stream for good (API.md §3): never a 400.
+    # Only 404, 403 and 204 end a stream for good (docs/api.md §3): never a 400.
     seq = await _publish(client, "odd-id", progress=30)
     headers = {"Last-Event-ID": last_event_id}
     async with open_stream(client, "/api/jobs/odd-id/events", headers) as stream:
@@ -200,7 +200,7 @@ async def test_sse_every_job_stream_sends_snapshots_then_progress_of_all_jobs(
 
 async def test_sse_every_job_stream_narrows_to_named_jobs(client: httpx.AsyncClient) -> None:
     # An id no job can have ("bad id") matches nothing; it does not end the stream with
-    # a 400, which a browser would never retry (API.md §3).
+    # a 400, which a browser would never retry (docs/api.md §3).
     async with open_stream(client, "/api/events?job=b&job=bad%20id&job=c") as stream:
         for job_id in ("a", "b", "a", "c"):
             await _publish(client, job_id, message="hello")

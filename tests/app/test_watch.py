@@ -18,8 +18,9 @@ from rich.console import Console
 
 from progress_hub import watch
 from progress_hub.embedded import free_port
+from tests.conditions import wait_until
 from tests.conftest import HubFactory
-from tests.hub import ThreadHub, wait_until
+from tests.hub import ThreadHub
 
 DEADLINE = 20.0
 POLL_ARGS = {"stream": [], "poll": ["--poll", "--interval", "0.05"]}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from pubsub import JobStore, Update, open_broker
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub
+from tests.threads import run_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def browser() -> Iterator[Browser]:
     """Headless Chromium, shared by every browser test of the session."""
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does)")
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does as root)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
@@ -138,20 +138,7 @@ def publish_to_broker(broker_url: str, *updates: tuple[str, Update]) -> None:
 
     # Playwright's sync API keeps an event loop running on this thread, so the
     # async tracker gets a thread of its own.
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(send())
-        except BaseException as exc:  # handed to the test thread, which re-raises it
-            failures.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join(10)
-    assert not worker.is_alive(), "publishing to the broker hung"
-    if failures:
-        raise failures[0]
+    run_in_thread(lambda: asyncio.run(send()), timeout=10, what="publishing to the broker")
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from playwright.sync_api import Locator, Page, expect
 from pubsub import ChunkRef, JobStatus, JobStore, SyncTracker, Update, open_broker
 from pubsub.events import ChunksPatch
 from tests.browser.conftest import Api
+from tests.conditions import wait_until
 from tests.conftest import HubFactory
-from tests.hub import ThreadHub, wait_until
+from tests.hub import ThreadHub
 
 pytestmark = pytest.mark.browser
 

@@ -10,8 +10,8 @@ from celery import Celery
 from playwright.sync_api import Page, expect
 
 from progress_hub.embedded import EmbeddedServer
+from tests.conditions import wait_until
 from tests.conftest import HubFactory
-from tests.hub import wait_until
 from tests.integrations.conftest import CELERY_TASKS, Worker, celery_workers
 
 pytestmark = pytest.mark.browser

@@ -1,4 +1,4 @@
-"""The dashboard in headless Chromium against a real hub and Redis (issue 4)."""
+"""The dashboard in headless Chromium against a real hub and Redis (docs/dashboard.md)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ import pytest
 
 from progress_hub.embedded import EmbeddedServer, stop_process
 from progress_hub.settings import Settings
-from tests.hub import REPO, ThreadHub, run_hub, wait_until
+from tests.conditions import wait_until
+from tests.hub import REPO, ThreadHub, run_hub
 
 WORKER_START_TIMEOUT = 30.0
 

@@ -16,7 +16,7 @@ from rq.job import Job
 from rq.worker import Worker as RQWorker
 
 from pubsub.rq import cancel
-from tests.hub import wait_until
+from tests.conditions import wait_until
 from tests.integrations import rq_tasks
 from tests.integrations.conftest import (
     Redis,

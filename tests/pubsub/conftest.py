@@ -6,15 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pubsub.broker import open_broker
 from pubsub.store import JobStore
+from tests.conftest import store_on
 
 
 @pytest.fixture
 async def job_store(broker_url: str) -> AsyncIterator[JobStore]:
     """A job store on each backend in turn (memory, then the private Redis)."""
-    broker = open_broker(broker_url)
-    try:
-        yield JobStore(broker)
-    finally:
-        await broker.aclose()
+    async with store_on(broker_url) as store:
+        yield store

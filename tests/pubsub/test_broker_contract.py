@@ -12,19 +12,22 @@ from pubsub.broker import Broker, open_broker
 from pubsub.errors import BrokerUnavailable, JobExists, JobNotFound, JobTerminal
 from pubsub.events import ENVELOPE_DECODER, EventKind, JobStatus, Update
 from pubsub.store import JobStore
+from tests.conditions import eventually
 
 
 async def _subscribe_when_listening(broker: Broker, job_id: str) -> None:
     """Subscribe once the listener task has its feed (it connects in its own task, to
     every shard of a cluster)."""
-    while not broker.feed_up:
-        await anyio.sleep(0.01)
-    while True:
+    await eventually(lambda: broker.feed_up, bool, 5, "the listener has its feed")
+
+    async def subscribed() -> bool:
         try:
             await broker.subscribe(job_id)
-            return
         except BrokerUnavailable:
-            await anyio.sleep(0.01)
+            return False
+        return True
+
+    await eventually(subscribed, bool, 5, "the listener took the subscription")
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])

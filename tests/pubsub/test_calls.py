@@ -14,6 +14,16 @@ from pubsub.sync import SyncTracker
 
 BIG_RESULT = "x" * (1024 * 1024 + 1)
 BIG_META = {"blob": "x" * 9000}
+TOO_DEEP = "nests more than 32 levels deep"
+
+
+def nested(depth: int) -> Any:
+    """Arrays nested `depth` deep, built without recursion (`[[[]]]` is 3)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
 
 Call = tuple[str, tuple[Any, ...]]
 BadCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -39,6 +49,12 @@ INVALID_CALLS: list[tuple[str, list[Call], BadCall, str]] = [
     ("ocr", [], ("retrying", (4, 3), {}), "attempt must be within 1-max_attempts"),
     ("pdf", [], ("complete", (BIG_RESULT,), {}), "result is over the limit of 1048576 bytes"),
     ("pdf", [], ("meta", (), BIG_META), "meta is 9011 bytes encoded; the limit is 8192"),
+    # docs/api.md §2: meta and result nest 32 levels at most; meta's own object is one.
+    *(
+        ("pdf", [], ("meta", (), {"x": nested(depth - 1)}), TOO_DEEP)
+        for depth in (33, 1000, 30_000)
+    ),
+    *(("pdf", [], ("complete", (nested(depth),), {}), TOO_DEEP) for depth in (33, 1000, 30_000)),
 ]
 IDS = [f"{bad[0]}-{i}" for i, (_, _, bad, _) in enumerate(INVALID_CALLS)]
 

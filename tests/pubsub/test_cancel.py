@@ -8,7 +8,7 @@ import pytest
 from pubsub import JobCancelled, JobNotFound, JobStatus, JobTerminal, SyncTracker, Update
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
-from tests.hub import wait_until
+from tests.conditions import eventually, wait_until
 
 # No silent-job reads: what the tracker learns, it learns from a publish's answer.
 NO_POLL = None
@@ -33,14 +33,6 @@ async def test_store_request_cancel_flags_the_job_once_and_later_updates_keep_it
         await job_store.request_cancel("c1")
     with pytest.raises(JobNotFound):
         await job_store.request_cancel("nobody")
-
-
-async def _wait_for(condition: object, message: str, timeout: float = 5) -> None:
-    assert callable(condition)
-    with anyio.move_on_after(timeout) as scope:
-        while not condition():
-            await anyio.sleep(0.01)
-    assert not scope.cancel_called, message
 
 
 async def test_tracker_learns_of_a_cancel_request_from_the_answer_to_its_next_publish(
@@ -77,7 +69,9 @@ async def test_silent_tracker_learns_within_its_poll_interval_and_with_records_c
             await tracker.flush()
             await hub.request_cancel("c3")
             # The pipeline says nothing: only the tracker's own read can tell it.
-            await _wait_for(lambda: tracker.cancel_requested, "the silent tracker never learnt")
+            await eventually(
+                lambda: tracker.cancel_requested, bool, 5, "the silent tracker never learnt"
+            )
             await tracker.set(50)
     snapshot = await hub.get("c3")
     assert snapshot.status is JobStatus.CANCELLED, "a `with` left with JobCancelled is cancelled"
@@ -91,7 +85,7 @@ async def test_tracker_without_raise_on_cancel_keeps_working_and_the_job_keeps_r
         await tracker.start()
         await tracker.flush()
         await hub.request_cancel("c4")
-        await _wait_for(lambda: tracker.cancel_requested, "the tracker never learnt")
+        await eventually(lambda: tracker.cancel_requested, bool, 5, "the tracker never learnt")
         await tracker.set(60)
         await tracker.flush()
     snapshot = await hub.get("c4")
@@ -117,13 +111,15 @@ async def test_sync_tracker_raises_job_cancelled_and_its_with_records_cancelled(
 ) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.to_thread.run_sync, _sync_worker, redis_url)
-        snapshot = None
-        with anyio.fail_after(5):
-            while snapshot is None:
-                try:
-                    snapshot = await store.get("c5")
-                except JobNotFound:
-                    await anyio.sleep(0.01)
+
+        async def created() -> bool:
+            try:
+                await store.get("c5")
+            except JobNotFound:
+                return False
+            return True
+
+        await eventually(created, bool, 5, "the sync worker created its job")
         await store.request_cancel("c5")
     final = await store.get("c5")
     assert final.status is JobStatus.CANCELLED

@@ -7,9 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.synchronize import Event
-from typing import Any
 
 import anyio
 import pytest
@@ -18,6 +16,7 @@ from pubsub.broker import open_broker
 from pubsub.events import JobStatus, Snapshot
 from pubsub.store import JobStore
 from pubsub.sync import SyncTracker
+from tests.threads import run_in_thread
 
 WORKERS = 4
 CHUNKS = 100
@@ -25,24 +24,6 @@ CHUNKS = 100
 
 def _tracker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "progress-tracker"]
-
-
-def _in_thread(target: Callable[..., Any], *args: Any) -> None:
-    """Run `target` in a plain thread (no event loop there) and re-raise what it raised."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target(*args)
-        except BaseException as exc:  # handed to the test thread, which re-raises it
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive(), "the worker thread did not finish"
-    if errors:
-        raise errors[0]
 
 
 def _video_job(url: str, job_id: str) -> None:
@@ -54,7 +35,9 @@ def _video_job(url: str, job_id: str) -> None:
 
 
 async def test_sync_tracker_publishes_from_a_plain_thread(redis_url: str, store: JobStore) -> None:
-    await anyio.to_thread.run_sync(_in_thread, _video_job, redis_url, "sync-1")
+    await anyio.to_thread.run_sync(
+        lambda: run_in_thread(_video_job, redis_url, "sync-1", timeout=30, what="the worker")
+    )
 
     snapshot = await store.get("sync-1")
     assert (snapshot.status, snapshot.stage, snapshot.progress) == (
@@ -184,7 +167,7 @@ async def _read(url: str, job_id: str) -> Snapshot:
 def _get(url: str, job_id: str) -> Snapshot:
     """Read a job as a separate reader would: with its own loop, in its own thread."""
     found: list[Snapshot] = []
-    _in_thread(lambda: found.append(anyio.run(_read, url, job_id)))
+    run_in_thread(lambda: found.append(anyio.run(_read, url, job_id)), timeout=30, what="the read")
     return found[0]
 
 
