@@ -155,9 +155,10 @@ class Delivery:
                 if mailbox.wants(snapshot.job_id):
                     mailbox.push(snapshot.job_id, dashboard_frame)
                 continue
-            if snapshot.seq <= mailbox.last_seq:
-                # Live delivery got there first: the stream already shows this state or
-                # a newer one, and an older snapshot would move its bar backwards.
+            if snapshot.seq < mailbox.last_seq:
+                # Live delivery got there first: the stream already shows a newer state,
+                # and this snapshot would move its bar backwards. An equal one is still
+                # sent: after a gap every stream hears the current state (docs/api.md §8).
                 continue
             mailbox.last_seq = snapshot.seq
             mailbox.push(snapshot.job_id, frame, seq=snapshot.seq, final=final)
