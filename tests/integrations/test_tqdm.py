@@ -16,8 +16,9 @@ ITEMS = 10_000
 
 
 def _work() -> None:
-    """A little real work per item, so the loop lasts a few coalescing windows."""
-    deadline = time.perf_counter() + 0.00001
+    """A little real work per item: the loop lasts about a second, so that an ETA taken
+    mid-way is tenths of a second, not rounded to 0.0 (ETAs carry one decimal)."""
+    deadline = time.perf_counter() + 0.0001
     while time.perf_counter() < deadline:
         pass
 
@@ -44,7 +45,9 @@ async def test_tqdm_publishes_far_fewer_times_than_items_and_ends_exact(
     assert len(events) < ITEMS / 20, f"{len(events)} publishes for {ITEMS} items"
     midway = [e for e in events if 0 < e["progress"] < 100]
     assert midway, "no publish while the loop ran"
-    assert any(e["eta_seconds"] is not None and e["eta_seconds"] > 0 for e in midway)
+    assert any(e["eta_seconds"] is not None and e["eta_seconds"] > 0 for e in midway), [
+        (e["progress"], e["eta_seconds"], e["message"]) for e in midway
+    ]
     assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
     assert f"{ITEMS}/{ITEMS}" in bar.getvalue(), "tqdm's own bar is still drawn"
 
