@@ -1,6 +1,6 @@
 """Following jobs over HTTP for `progress-hub watch`: stream first, poll as fallback.
 
-The rules of static/progress-client.js, for clients without a browser (issue 4):
+The rules of static/progress-client.js, for clients without a browser (docs/dashboard.md):
 stream Server-Sent Events; after three stream attempts that deliver nothing,
 poll (`If-None-Match` for one job, the job list for all) with jittered backoff
 on failures, and try the stream again every 15 s. Every connection starts

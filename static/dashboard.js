@@ -5,7 +5,7 @@
  *
  * Routes: `#/` (list, `?status=` filters), `#/jobs/{id}` (job view). A
  * subscriber token may ride in any fragment as `token=` (EventSource cannot
- * send headers, API.md §6); it is kept for the tab and added to every request.
+ * send headers, docs/api.md §6); it is kept for the tab and added to every request.
  *
  * @module dashboard
  */

@@ -2,7 +2,7 @@
  * job-list.js: the live list of jobs, newest first, filtered by status.
  *
  * Updates are only recorded when they arrive; the DOM is touched once per
- * animation frame for the jobs that changed since the last frame (issue 4:
+ * animation frame for the jobs that changed since the last frame (docs/dashboard.md:
  * 500 jobs without jank). Rows never move once placed, because created_at,
  * the sort key, never changes.
  *

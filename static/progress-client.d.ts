@@ -1,4 +1,4 @@
-// Types for progress-client.js (API.md §1 and §3).
+// Types for progress-client.js (docs/api.md §1 and §3).
 
 export type JobStatus = 'queued' | 'running' | 'retrying' | 'completed' | 'failed' | 'cancelled';
 

@@ -1,5 +1,5 @@
 /**
- * progress-client.js: follow progress-hub jobs from a browser (API.md §3).
+ * progress-client.js: follow progress-hub jobs from a browser (docs/api.md §3).
  *
  * A dependency-free ES module. `watchJob` follows one job, `watchAll` the
  * multiplexed dashboard stream. Both stream with EventSource and fall back to
@@ -19,7 +19,7 @@ import { forgetJob, readFollowed, rememberJob } from './progress-followed.js';
 
 export { backoffDelay };
 
-/** Statuses after which a job accepts no further updates (API.md §1). */
+/** Statuses after which a job accepts no further updates (docs/api.md §1). */
 export const TERMINAL_STATUSES = Object.freeze(['completed', 'failed', 'cancelled']);
 
 /** Deletions `watchAll` remembers so that a list read older than them cannot revive a job. */

@@ -102,7 +102,7 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, catchU
     });
     source.addEventListener('error', () => streamFailed(source));
     // A buffering proxy opens the response but never passes an event through
-    // (issue 4: "or never opens"); the hub always starts with a snapshot.
+    // (docs/dashboard.md: "or never opens"); the hub always starts with a snapshot.
     openTimer = env.setTimeout(() => {
       openTimer = null;
       if (source === stream && !streamHasData) fallBack();

@@ -1,6 +1,6 @@
 /**
  * progress-followed.js: the jobs progress-client.js follows, kept in
- * localStorage so that a reload can resume them (issue 4). Each change reads
+ * localStorage so that a reload can resume them (docs/dashboard.md). Each change reads
  * storage afresh, so several tabs share the list without losing entries.
  *
  * @module progress-followed

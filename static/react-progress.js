@@ -2,7 +2,7 @@
  * react-progress.js: a React hook over progress-client.js's watchJob.
  *
  * React is passed in rather than imported, so this file needs no bundler and
- * carries no React copy of its own (issue 4):
+ * carries no React copy of its own (docs/dashboard.md):
  *
  *   import * as React from 'react';
  *   import { useProgress } from '/react-progress.js';
