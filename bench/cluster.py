@@ -15,26 +15,22 @@ machine a replica's CPU would be taken from the masters it is measured against.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
-import redis.asyncio as aredis
 from redis.crc import key_slot
 from rich.console import Console
 
 from bench.fleet import Fleet
 from bench.library import LibraryTarget, PublishRate
-from bench.procs import Server, proc_stat
+from bench.procs import proc_stat
 from bench.report import Report, Row, attempt
 from bench.scenarios import Context, ManyJobsFigures, delivery_check, require_all
-from bench.sse import bench_message
-from bench.targets import HubTarget, Target, baseline_snapshot, progress_of
+from bench.targets import RawFeedTarget, Target
 from pubsub.brokers import keys
 from tests.cluster import RedisCluster, running_cluster
 
@@ -113,60 +109,6 @@ def cluster_layout(cluster: RedisCluster) -> Layout:
     """The cluster's masters as shards."""
     shards = [shard_of(node.url) for node in cluster.master_nodes()]
     return Layout(f"{CLUSTER_MASTERS}-master cluster", cluster.url, shards, cluster.slot_ports())
-
-
-class ShardedRawFeed:
-    """The hub fed by bare `SPUBLISH`es of the commit script's envelope, pipelined per
-    shard: its delivery capacity with the publisher out of the measurement (what
-    `bench.targets.RawFeedTarget` is on one node)."""
-
-    name = "raw SPUBLISH"
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.hub = HubTarget()
-        self.client: aredis.Redis | aredis.RedisCluster | None = None
-
-    @contextlib.asynccontextmanager
-    async def server(self, redis_url: str, log_dir: Path) -> AsyncIterator[Server]:
-        """The hub process plus a client of our own (a cluster client on a cluster)."""
-        async with self.hub.server(redis_url, log_dir) as srv:
-            if self.layout.slot_ports is None:
-                self.client = aredis.Redis.from_url(redis_url)
-            else:
-                self.client = aredis.RedisCluster.from_url(redis_url)
-            try:
-                yield srv
-            finally:
-                await self.aclose()
-
-    async def create_jobs(self, job_ids: Iterable[str]) -> None:
-        """Through the hub, so the jobs exist (seq 1)."""
-        await self.hub.create_jobs(job_ids)
-
-    async def publish(self, job_id: str, index: int, total: int) -> None:
-        """One job's envelope."""
-        await self.publish_round([job_id], index, total)
-
-    async def publish_round(self, job_ids: Sequence[str], index: int, total: int) -> None:
-        """Every job's envelope with seq index+1, in one pipeline (one round trip per shard)."""
-        if self.client is None:
-            raise RuntimeError("raw feed used outside its server() block")
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            snapshot = baseline_snapshot(
-                job_id, index + 1, progress_of(index, total), bench_message(index)
-            )
-            envelope = b'{"event":"progress","snapshot":%s}' % snapshot
-            pipe.execute_command("SPUBLISH", keys.job_channel(job_id), envelope)
-        await pipe.execute()
-
-    async def aclose(self) -> None:
-        """Close our client and the hub's HTTP pool."""
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-        await self.hub.aclose()
 
 
 @dataclass(slots=True)
@@ -250,7 +192,9 @@ async def measure(ctx: Context, console: Console, layout: Layout) -> LayoutFigur
     await asyncio.to_thread(_flush, layout)
     figures.raw = await attempt(
         console, f"{label}: many jobs, raw SPUBLISH",
-        lambda: many_jobs_on(ctx, layout, figures.raw_shards, ShardedRawFeed(layout)),
+        lambda: many_jobs_on(
+            ctx, layout, figures.raw_shards, RawFeedTarget(cluster=layout.slot_ports is not None)
+        ),
         ctx.raw,
     )  # fmt: skip
     await asyncio.to_thread(_flush, layout)

@@ -265,15 +265,20 @@ class RawFeedTarget:
 
     name = "hub (raw PUBLISH)"
 
-    def __init__(self) -> None:
+    def __init__(self, *, cluster: bool = False) -> None:
+        """`cluster`: publish through a cluster client, one pipeline per shard."""
         self.hub = HubTarget()
-        self.client: redis.Redis | None = None
+        self.cluster = cluster
+        self.client: redis.Redis | redis.RedisCluster | None = None
 
     @contextlib.asynccontextmanager
     async def server(self, redis_url: str, log_dir: Path) -> AsyncIterator[Server]:
         """The hub process plus a Redis client of our own."""
         async with self.hub.server(redis_url, log_dir) as srv:
-            self.client = redis.Redis.from_url(redis_url, max_connections=64)
+            if self.cluster:
+                self.client = redis.RedisCluster.from_url(redis_url)
+            else:
+                self.client = redis.Redis.from_url(redis_url, max_connections=64)
             try:
                 yield srv
             finally:
@@ -301,7 +306,10 @@ class RawFeedTarget:
             raise RuntimeError("raw feed target used outside its server() block")
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.spublish(job_channel(job_id), self._envelope(job_id, index, total))
+            # By name: redis-py's cluster pipeline routes SPUBLISH only that way.
+            pipe.execute_command(
+                "SPUBLISH", job_channel(job_id), self._envelope(job_id, index, total)
+            )
         await pipe.execute()
 
     async def aclose(self) -> None:
