@@ -25,11 +25,10 @@ import redis
 from redis.crc import key_slot
 from rich.console import Console
 
-from bench.fleet import Fleet
 from bench.library import LibraryTarget, PublishRate
 from bench.procs import proc_stat
 from bench.report import Report, Row, attempt
-from bench.scenarios import Context, ManyJobsFigures, delivery_check, require_all
+from bench.scenarios import Context, ManyJobsFigures, delivery_check, many_jobs
 from bench.targets import RawFeedTarget, Target
 from pubsub.brokers import keys
 from tests.cluster import RedisCluster, running_cluster
@@ -127,32 +126,12 @@ async def many_jobs_on(
     ctx: Context, layout: Layout, shards: list[ShardCpu], target: Target
 ) -> ManyJobsFigures:
     """`bench.scenarios.many_jobs` fed by `target`, with Redis CPU per shard beside it."""
-    sizes = ctx.sizes
-    jobs = [f"many{i}" for i in range(sizes.many_jobs)]
-    events = sizes.many_events
-    async with target.server(layout.url, ctx.log_dir) as srv:
-        await target.create_jobs(jobs)
-        async with Fleet.run(srv.port) as fleet:
-            require_all(await fleet.open(len(jobs), len(jobs), "many", timeout=60), len(jobs))
-            expected = await fleet.arm(events)
-
-            async def worker(mine: list[str]) -> None:
-                for index in range(1, events + 1):
-                    await target.publish_round(mine, index, events)
-
-            cpu0 = srv.stat().cpu
-            t0 = time.monotonic_ns()
-            with layout.measured(dict.fromkeys(jobs, events), shards):
-                await asyncio.gather(*(worker(jobs[w::MANY_WORKERS]) for w in range(MANY_WORKERS)))
-                published = time.monotonic_ns()
-                delivery = await fleet.wait(10 + expected / 5_000)
-            cpu = srv.stat().cpu - cpu0
-    seconds = (delivery.last_ns - t0) / 1e9
-    return ManyJobsFigures(
-        delivery=delivery,
-        rate=delivery.delivered / seconds if seconds > 0 else 0.0,
-        cpu_us=cpu * 1e6 / delivery.delivered if delivery.delivered else 0.0,
-        publish_rate=len(jobs) * events / ((published - t0) / 1e9),
+    return await many_jobs(
+        ctx,
+        target,
+        MANY_WORKERS,
+        redis_url=layout.url,
+        measured=lambda jobs, events: layout.measured(dict.fromkeys(jobs, events), shards),
     )
 
 

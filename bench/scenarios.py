@@ -250,13 +250,28 @@ class ManyJobsFigures:
     publish_rate: float
 
 
-async def many_jobs(ctx: Context, target: Target, workers: int = 32) -> ManyJobsFigures:
-    """N jobs x 1 subscriber; `workers` publishers each own a slice of the jobs."""
+async def many_jobs(
+    ctx: Context,
+    target: Target,
+    workers: int = 32,
+    *,
+    redis_url: str | None = None,
+    measured: Callable[[list[str], int], contextlib.AbstractContextManager[Any]] | None = None,
+) -> ManyJobsFigures:
+    """N jobs x 1 subscriber; `workers` publishers each own a slice of the jobs.
+
+    Args:
+        redis_url: another Redis than the bench's own (the cluster scenario); not flushed.
+        measured: entered around the publishing, given the jobs and the events per job
+            (the cluster scenario reads each shard's CPU with it).
+    """
     sizes = ctx.sizes
-    await flush_redis(ctx.redis_url)
+    if redis_url is None:
+        redis_url = ctx.redis_url
+        await flush_redis(redis_url)
     jobs = [f"many{i}" for i in range(sizes.many_jobs)]
     events = sizes.many_events
-    async with target.server(ctx.redis_url, ctx.log_dir) as srv:
+    async with target.server(redis_url, ctx.log_dir) as srv:
         await target.create_jobs(jobs)
         async with Fleet.run(srv.port) as fleet:
             require_all(await fleet.open(len(jobs), len(jobs), "many", timeout=60), len(jobs))
@@ -269,7 +284,8 @@ async def many_jobs(ctx: Context, target: Target, workers: int = 32) -> ManyJobs
             cpu0 = srv.stat().cpu
             fleet0 = fleet.cpu()
             t0 = time.monotonic_ns()
-            with ctx.profile(srv, f"many-{target.name}"):
+            around = measured(jobs, events) if measured else contextlib.nullcontext()
+            with ctx.profile(srv, f"many-{target.name}"), around:
                 await asyncio.gather(*(worker(jobs[w::workers]) for w in range(workers)))
                 published = time.monotonic_ns()
                 delivery = await fleet.wait(10 + expected / 5_000)
