@@ -37,8 +37,8 @@ run: $(STAMP)
 # The suite runs in two pytest-xdist workers: most of a test's time is spent waiting on
 # hubs, streams and child processes, which leaves a core idle. Each worker takes whole files
 # (a module's fixtures, such as its Celery workers, start once) in collection order, which
-# keeps the browser tests after all others on each worker (tests/browser/conftest.py); a
-# `stress` test runs while the other worker waits (tests/machine.py).
+# keeps the browser tests after all others on each worker (tests/browser/conftest.py);
+# `stress` and `alone` tests run while the other worker waits (tests/machine.py).
 PYTEST_WORKERS ?= 2
 
 test: $(STAMP) test-tools

@@ -40,17 +40,19 @@ def pytest_runtest_makereport(
 
 # Set in each worker by pytest-xdist (`make test` runs two); unset in a plain `pytest` run.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+EXCLUSIVE_MARKERS = ("stress", "alone")
 
 
 @pytest.fixture(autouse=True)
 def machine_to_share(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """Under xdist, a `stress` test runs while no other worker runs a test (tests/machine.py)."""
+    """Under xdist, a `stress` or `alone` test runs while no other worker runs a test
+    (tests/machine.py)."""
     if XDIST_WORKER is None:
         yield
         return
-    exclusive = request.node.get_closest_marker("stress") is not None
+    exclusive = any(request.node.get_closest_marker(name) for name in EXCLUSIVE_MARKERS)
     with machine_share(tmp_path_factory.getbasetemp().parent, exclusive=exclusive):
         yield
 

@@ -2,10 +2,11 @@
 
 `make test` runs the suite in two workers (`pytest -n 2`). A `stress` test puts its own
 artificial load on the machine (spinning processes, many restarts) and judges the product
-under exactly that load; a test of the other worker beside it would add load the stress
-test did not choose, and would itself run on a machine its deadlines were not meant for.
-So every test of a worker holds a readers-writer lock of the run while it runs: shared for
-ordinary tests, exclusive for `stress` ones.
+under exactly that load, and an `alone` test bounds a lag under a flood it makes itself; a
+test of the other worker beside them would add load they did not choose, and would itself
+run on a machine its deadlines were not meant for. So every test of a worker holds a
+readers-writer lock of the run while it runs: shared for ordinary tests, exclusive for
+`stress` and `alone` ones.
 
 The lock is two `flock` files in the directory that the run's workers share
 (https://pytest-xdist.readthedocs.io/en/stable/how-to.html, "Making session-scoped fixtures
