@@ -9,7 +9,9 @@ within its fixed bound. No RSS here (allocator noise); `bench/growth.py` measure
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,26 +44,61 @@ async def held(http: httpx.AsyncClient) -> dict[str, int]:
     }
 
 
-async def follow_once(http: httpx.AsyncClient, url: str, job_id: str) -> None:
+class Writer:
+    """One keep-alive connection for the test's POSTs: thousands of them cost the test
+    less this way than through an HTTP library (the hub is what is measured)."""
+
+    def __init__(self, url: str) -> None:
+        self.address = urlsplit(url)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict[str, object]) -> tuple[int, bytes]:
+        """POST `body` as JSON; the status and the body of the answer."""
+        if self.reader is None or self.writer is None:
+            host, port = self.address.hostname, self.address.port
+            self.reader, self.writer = await asyncio.open_connection(host, port)
+        data = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.address.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        return status, await self.reader.readexactly(length)
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def follow_once(http: Writer, url: str, job_id: str) -> None:
     """Create a job, follow it with one stream, complete it, read the stream to `end`."""
-    created = await http.post("/api/jobs", json={"job_id": job_id})
-    assert created.status_code == 201, created.text
+    status, body = await http.post("/api/jobs", {"job_id": job_id})
+    assert status == 201, body
     async with await RawStream.open(url, f"/api/jobs/{job_id}/events") as stream:
         assert stream.status == 200
         first = await stream.next_event()
         assert first is not None and first.event == "snapshot", first
-        done = await http.post(f"/api/jobs/{job_id}/events", json={"status": "completed"})
-        assert done.status_code == 202, done.text
+        status, body = await http.post(f"/api/jobs/{job_id}/events", {"status": "completed"})
+        assert status == 202, body
         events = [block.event for block in await stream.blocks_until_close() if block.event]
     assert events == ["progress", "end"], (job_id, events)
 
 
 async def test_hub_following_1000_jobs_once_keeps_nothing_of_them(redis_url: str) -> None:
     with spawn_hub({"PROGRESS_BROKER_URL": redis_url}) as hub:
-        limits = httpx.Limits(max_connections=CONCURRENCY)
-        async with httpx.AsyncClient(base_url=hub.url, timeout=10, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            first = Writer(hub.url)
             # The first job connects what a hub connects once (the feed's shard, pools).
-            await follow_once(http, hub.url, "growth-warm-up")
+            await follow_once(first, hub.url, "growth-warm-up")
             assert (await http.post("/api/jobs", json={"job_id": "growth-held"})).is_success
             async with await RawStream.open(hub.url, "/api/jobs/growth-held/events") as open_:
                 assert (await open_.next_event()) is not None
@@ -72,12 +109,17 @@ async def test_hub_following_1000_jobs_once_keeps_nothing_of_them(redis_url: str
             ids = iter(f"growth-{n}" for n in range(JOBS))
 
             async def worker() -> None:
-                for job_id in ids:
-                    await follow_once(http, hub.url, job_id)
+                writer = Writer(hub.url)
+                try:
+                    for job_id in ids:
+                        await follow_once(writer, hub.url, job_id)
+                finally:
+                    await writer.aclose()
 
             started = time.monotonic()
             await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
             took = time.monotonic() - started
+            await first.aclose()
             await eventually(lambda: settled(http), bool, 10, "every stream left")
             after = await eventually(
                 lambda: held(http),
