@@ -1,6 +1,6 @@
 """Nothing in a hub grows with the number of jobs ever seen (docs/production.md, metrics).
 
-Through the hub's own `GET /metrics` (`progress_held{structure=...}`): thousands of
+Through the hub's own `GET /metrics` (`progress_held{structure=...}`): a thousand
 distinct jobs are created, followed once each by one stream until their `end`, and every
 structure that holds something per stream or per job is back to its size before, or
 within its fixed bound. No RSS here (allocator noise); `bench/growth.py` measures that.
