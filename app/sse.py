@@ -37,6 +37,7 @@ TURN_AWAY_SEND_TIMEOUT: Final = 5.0
 # `?job=` filters of the every-job feed: each is held for the stream's life (no unbounded
 # structure keyed by client input, docs/production.md).
 MAX_FILTER_JOBS: Final = 100
+LAST_EVENT_ID: Final = b"last-event-id"
 
 
 class HubStream(EventSourceResponse):
@@ -93,7 +94,15 @@ def _last_event_id(request: Request) -> int | None:
     snapshot. A 400 would make a browser give up for good, which the contract keeps
     for 404, 403 and 204 (docs/api.md §3).
     """
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    raw: str | None = None
+    # The raw ASGI headers, scanned once: Starlette's `Headers.get` raises and catches a
+    # KeyError for a header that is absent, which a new client's header always is.
+    for name, value in request.scope["headers"]:
+        if name == LAST_EVENT_ID:
+            raw = value.decode("latin-1")
+            break
+    if not raw:
+        raw = request.query_params.get("last_event_id") if request.scope["query_string"] else None
     return None if raw is None else whole_number(raw.strip())
 
 
