@@ -121,9 +121,8 @@ async def job_events(request: Request) -> Response:
     Subscribed first, read second, both before the response is chosen: the one read
     decides 404 and 204 (real statuses, docs/api.md §3) and is the stream's opening, and
     nothing published in between is missed. A first stream of a job so costs two round
-    trips, each shared with the concurrent connects of the same loop tick (the broker
-    batches both); a stream of a followed job, none (docs/performance.md, streams to
-    new jobs).
+    trips, each batched by the broker with the concurrent connects of the same loop tick;
+    a stream of a followed job, none (docs/performance.md, streams to new jobs).
     """
     job_id = path_job_id(request)
     claims = require_reader(request, [job_id])
@@ -136,7 +135,7 @@ async def job_events(request: Request) -> Response:
     subscription = fanout.subscribe(job_id, expires_at=_expiry(claims))
     try:
         # Every way out of this block releases the subscription but the one that hands
-        # it to the stream's response (test_sse_job_stream_leaves_no_subscription_behind).
+        # it to the stream's response (tests/app/test_sse_release.py).
         async with subscription as mailbox:
             opening = await _opening(fanout, store, mailbox, last_seq, settings)
             if opening is None:
