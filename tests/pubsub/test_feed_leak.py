@@ -35,7 +35,7 @@ def _server_channels(masters: list[str]) -> int:
     for url in masters:
         client = redis.Redis.from_url(url)
         try:
-            held += len(client.execute_command("PUBSUB", "SHARDCHANNELS"))
+            held += len(client.pubsub_shardchannels())
         finally:
             client.close()
     return held

@@ -90,13 +90,13 @@ async def test_subscription_unsubscribe_is_confirmed_and_the_server_forgets(
         channels = [b"test:leave:a", b"test:leave:b", b"test:leave:c"]
         connection.ssubscribe(channels)
         await heard.until(lambda h: len(h.of(b"ssubscribe")) == 3, "subscribed")
-        assert sorted(await admin.execute_command("PUBSUB", "SHARDCHANNELS")) == channels
+        assert sorted(await admin.pubsub_shardchannels()) == channels
         connection.sunsubscribe(channels)
         await heard.until(lambda h: len(h.of(b"sunsubscribe")) == 3, "three confirmations")
         assert [p[1:] for p in heard.of(b"sunsubscribe")] == [[b"test:leave:a", 2],
                                                                [b"test:leave:b", 1],
                                                                [b"test:leave:c", 0]]  # fmt: skip
-        assert await admin.execute_command("PUBSUB", "SHARDCHANNELS") == []
+        assert await admin.pubsub_shardchannels() == []
     finally:
         await admin.aclose()
         await connection.aclose()
