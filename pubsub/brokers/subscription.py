@@ -113,6 +113,8 @@ class SubscriptionConnection(asyncio.Protocol):
         if channels:  # one reply per channel (or one error for the command)
             commands.append((b"SUBSCRIBE", *channels))
             connection._pending.append(len(channels))
+        if not connection._pending:
+            connection._ready.set_result(None)  # nothing to wait for: ready once connected
         try:
             async with asyncio.timeout(timeout):
                 if path is not None:
@@ -129,8 +131,9 @@ class SubscriptionConnection(asyncio.Protocol):
         for reply in connection._handshake:
             if isinstance(reply, ErrorReply):
                 connection.abort()
-                word = str(reply).split(" ", 1)[0]
-                raise BrokerUnavailable(f"{address} refused the subscription connection ({word})")
+                # The server's sentence (WRONGPASS, NOAUTH, NOPERM ...) names no secret.
+                said = str(reply).rstrip(".")
+                raise BrokerUnavailable(f"{address} refused the subscription connection: {said}")
         return connection
 
     @property
