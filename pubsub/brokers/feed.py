@@ -200,7 +200,11 @@ class ShardedFeed:
             groups[node, key_slot(channel)].append(i)
         waits: list[tuple[int, asyncio.Future[None]]] = []
         for (node, _), members in groups.items():
-            shard = self._shards[node]
+            shard = self._shards.get(node)
+            if shard is None:  # lost while an earlier slot's command was sent
+                for i in members:
+                    replies[i] = BrokerUnavailable("no subscription connection to its shard")
+                continue
             names = [channels[i] for i in members]
             for i, name in zip(members, names, strict=True):
                 confirmed = shard.confirming.get(name)
@@ -347,6 +351,8 @@ class ShardedFeed:
 
     def _moved(self, shard: _Shard, channels: list[bytes]) -> None:
         """`channels` are no longer subscribed on `shard`: subscribe them at their owner."""
+        if not channels:
+            return  # e.g. a `SUNSUBSCRIBE` answered `MOVED`: nothing was lost
         self.feed_epoch += 1
         for channel in channels:
             shard.channels.discard(channel)
