@@ -17,6 +17,7 @@ from pubsub.broker import open_broker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster, running_cluster
 from tests.hub import ThreadHub, run_hub
+from tests.machine import machine_share
 from tests.tls import TlsServer, require_passwords, start_tls_server
 
 # CI runs every test: a test that skips there (no Chromium, no node) fails the run, so a
@@ -36,6 +37,25 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"CI=true and this test skipped: {reason}"
     return report
+
+
+# Set in each worker by pytest-xdist (`make test` runs two); unset in a plain `pytest` run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+EXCLUSIVE_MARKERS = ("stress", "alone")
+
+
+@pytest.fixture(autouse=True)
+def machine_to_share(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, a `stress` or `alone` test runs while no other worker runs a test
+    (tests/machine.py)."""
+    if XDIST_WORKER is None:
+        yield
+        return
+    exclusive = any(request.node.get_closest_marker(name) for name in EXCLUSIVE_MARKERS)
+    with machine_share(tmp_path_factory.getbasetemp().parent, exclusive=exclusive):
+        yield
 
 
 @pytest.fixture(scope="session")
