@@ -24,7 +24,8 @@ The connection owns all of it, end to end:
 - **Replies.** `[b"smessage", channel, data]`, `[b"ssubscribe", channel, count]`,
   `[b"sunsubscribe", channel, count]` (also unasked: a slot moved away),
   `[b"pong", b""]`, ... to `on_push`; an error reply (`MOVED 1234 host:port`) to
-  `on_error`; the connection's end, when we did not close it, to `on_lost`, once.
+  `on_error`; the connection's end, when we did not close it, to `on_lost`, once. A
+  callback that raises ends the connection (asyncio logs it): a loss like any other.
 
 Tested on its own in `tests/pubsub/test_subscription.py`.
 """
