@@ -112,6 +112,25 @@ def test_migrate_moves_every_key_keeping_values_and_ttls_and_is_safe_to_rerun(
     assert legacy.zscore(keys.index_key(keys.partition("old-late")), "old-late") == CREATED + 3
 
 
+def test_migrate_lists_live_jobs_for_the_stall_sweep(
+    redis_url: str, legacy: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = migrate(redis_url, capsys)
+    # Running jobs (old-running, old-unindexed) are listed, the completed one is not.
+    assert "2 live jobs listed" in line, line
+    live = {
+        _member(member): score
+        for part in range(keys.PARTITIONS)
+        for member, score in legacy.zrange(keys.live_key(part), 0, -1, withscores=True)
+    }
+    assert set(live) == {"old-running", "old-unindexed"}, live
+    assert "2 live jobs listed" in migrate(redis_url, capsys), "safe to run again"
+
+
+def _member(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
+
+
 def test_migrate_leaves_a_job_found_in_both_layouts_as_it_is(
     redis_url: str, legacy: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
