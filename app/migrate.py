@@ -1,4 +1,5 @@
-"""`progress-hub migrate`: move jobs from the layout before partitions to today's.
+"""`progress-hub migrate`: move jobs from the layout before partitions to today's, and list
+live jobs for the stall sweep.
 
 Before partitions every job had its own hash tag (`progress:{<id>}:job`, ...) and one
 sorted set indexed them all (`progress:jobs`); today a job's keys carry its partition's tag
