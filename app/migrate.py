@@ -1,4 +1,5 @@
-"""`progress-hub migrate`: move jobs from the layout before partitions to today's.
+"""`progress-hub migrate`: move jobs from the layout before partitions to today's, and list
+live jobs for the stall sweep.
 
 Before partitions every job had its own hash tag (`progress:{<id>}:job`, ...) and one
 sorted set indexed them all (`progress:jobs`); today a job's keys carry its partition's tag
@@ -26,6 +27,7 @@ import msgspec
 import redis
 
 from pubsub.brokers import keys
+from pubsub.events import STALLABLE_STATUSES
 from pubsub.merge import RECORD_DECODER
 
 EXIT_OK: Final = 0
@@ -73,13 +75,16 @@ class MigrationReport:
 
     moved: int = 0
     gone: int = 0
+    listed: int = 0
+    """Jobs that can stall, entered in their partition's live index."""
     conflicts: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the terminal."""
         line = (
             f"progress-hub migrate: {self.moved} jobs moved to the partitioned layout, "
-            f"{self.gone} expired index entries dropped"
+            f"{self.gone} expired index entries dropped, {self.listed} live jobs listed "
+            f"for the stall sweep"
         )
         if self.conflicts:
             shown = ", ".join(self.conflicts[:10])
@@ -121,7 +126,33 @@ class Migration:
             self._move(page, report)
         for page in self._orphan_pages():
             self._move(page, report)
+        for part in range(keys.PARTITIONS):
+            self._list_live(part, report)
         return report
+
+    def _list_live(self, part: int, report: MigrationReport) -> None:
+        """Enter a partition's queued and running jobs in its live index, which the stall
+        sweep reads (jobs written before it existed); `GT` keeps a later update's score."""
+        cursor = 0
+        while True:
+            cursor, entries = self.client.zscan(keys.index_key(part), cursor, count=BATCH)
+            ids = [_text(member) for member, _ in entries]
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(keys.job_key(job_id), "record")
+            live: dict[str, float] = {}
+            for job_id, raw in zip(ids, pipe.execute() if ids else [], strict=True):
+                try:
+                    snapshot = RECORD_DECODER.decode(raw).snapshot if raw else None
+                except msgspec.DecodeError:
+                    snapshot = None
+                if snapshot and snapshot.status in STALLABLE_STATUSES and not snapshot.stalled:
+                    live[job_id] = snapshot.updated_at
+            if live:
+                self.client.zadd(keys.live_key(part), live, gt=True)
+                report.listed += len(live)
+            if cursor == 0:
+                return
 
     def _index_pages(self) -> Iterable[list[tuple[str, float]]]:
         """The legacy index, a page at a time (ZSCAN returns every member present throughout,

@@ -38,6 +38,9 @@ class Commit:
     history_len: int
     created_at: float
     result: bytes | None = None
+    quiet_since: float | None = None
+    """When the job was last updated, if it can stall (queued or running, not flagged):
+    its place in the stall sweep's index; None takes it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,12 @@ class Broker(Protocol):
         ...
 
     async def forget(self, job_ids: Sequence[str]) -> None:
-        """Drop ids from the job index (their keys have expired)."""
+        """Drop ids from the job index and the live index (their keys have expired)."""
+        ...
+
+    async def quiet_jobs(self, cutoff: float, limit: int) -> list[str]:
+        """Up to `limit` ids of jobs that can stall and were last updated at or before
+        `cutoff`, the quietest first."""
         ...
 
     async def advance_milestone(

@@ -325,33 +325,44 @@ class JobStore:
         """Flag queued and running jobs silent for `stall_after` seconds; returns the ids
         newly flagged.
 
-        Every job of the index is looked at, `READ_BATCH` per round trip; a record is
-        decoded in full only when it is to be flagged.
+        Only the live index is read (the jobs that can stall, by their last update), so
+        a sweep costs what the quiet jobs cost, not what every job kept costs: pages of
+        `READ_BATCH`, one round trip for the ids and one for their records each. A
+        flagged job leaves the live index, so the next page holds the next ones.
         """
         cutoff = self._clock() - stall_after
         flagged: list[str] = []
-        start = 0
-        while ids := await self.broker.recent_jobs(start, start + READ_BATCH - 1):
-            for raw in await self.broker.load_many(ids):
-                if raw is None:
-                    continue
-                seen = _LIVENESS_DECODER.decode(raw).snapshot
-                quiet = seen.status in STALLABLE_STATUSES and seen.updated_at <= cutoff
-                if seen.stalled or not quiet:
-                    continue
-                record = RECORD_DECODER.decode(raw)
-                stalled = mark_stalled(record)
-                # Losing this race means the job was just updated: it is not stalled after all.
-                committed, _ = await self.broker.commit(
-                    self._commit(stalled, expected_seq=record.snapshot.seq)
-                )
-                if committed:
-                    flagged.append(seen.job_id)
-                    log.info("job_stalled", job_id=seen.job_id, seq=stalled.snapshot.seq)
-            if len(ids) < READ_BATCH:
-                break
-            start += READ_BATCH
-        return flagged
+        while True:
+            ids = await self.broker.quiet_jobs(cutoff, READ_BATCH)
+            records = await self.broker.load_many(ids)
+            gone = [job_id for job_id, raw in zip(ids, records, strict=True) if raw is None]
+            await self.broker.forget(gone)  # expired while quiet: their entries stayed
+            settled = len(gone)
+            for raw in records:
+                if raw is not None and (job_id := await self._flag_if_quiet(raw, cutoff)):
+                    flagged.append(job_id)
+                    settled += 1
+            # A page that settled nothing holds only entries a later commit will move (or,
+            # during a rolling upgrade, entries of jobs that an older hub ended: they leave
+            # with the job's keys); reading it again would find them again.
+            if len(ids) < READ_BATCH or not settled:
+                return flagged
+
+    async def _flag_if_quiet(self, raw: bytes, cutoff: float) -> str | None:
+        """Flag the job of `raw` stalled if it still is quiet; its id when flagged."""
+        seen = _LIVENESS_DECODER.decode(raw).snapshot
+        if seen.stalled or seen.status not in STALLABLE_STATUSES or seen.updated_at > cutoff:
+            return None
+        record = RECORD_DECODER.decode(raw)
+        stalled = mark_stalled(record)
+        # Losing this race means the job was just updated: it is not stalled after all.
+        committed, _ = await self.broker.commit(
+            self._commit(stalled, expected_seq=record.snapshot.seq)
+        )
+        if not committed:
+            return None
+        log.info("job_stalled", job_id=seen.job_id, seq=stalled.snapshot.seq)
+        return seen.job_id
 
     async def _load(self, job_id: str) -> JobRecord | None:
         raw = await self.broker.load(job_id)
@@ -373,6 +384,11 @@ class JobStore:
             history_len=self.history_len,
             created_at=snapshot.created_at,
             result=result,
+            quiet_since=(
+                snapshot.updated_at
+                if snapshot.status in STALLABLE_STATUSES and not snapshot.stalled
+                else None
+            ),
         )
 
 

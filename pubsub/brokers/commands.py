@@ -48,6 +48,7 @@ def _slot_keys(job_id: str) -> list[bytes]:
         keys.index_key(part),
         keys.job_channel(job_id),
         keys.partition_channel(part),
+        keys.live_key(part),
     ]
     return [name.encode() for name in names]
 
@@ -152,6 +153,7 @@ class RedisCommands:
                 c.result if c.result is not None else b"",
                 c.job_id.encode(),
                 repr(c.created_at).encode(),
+                repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
             )
             if self.replicas:
                 node = _node_of(client, keys.job_key(c.job_id))
@@ -242,8 +244,21 @@ class RedisCommands:
         pipe = client.pipeline(transaction=False)
         for part, ids in by_partition.items():
             pipe.zrem(keys.index_key(part), *ids)
+            pipe.zrem(keys.live_key(part), *ids)
         async with translated_outage():
             _raised(await self._execute(pipe))
+
+    async def quiet_jobs(self, cutoff: float, limit: int) -> list[str]:
+        """The quietest `limit` of every partition's live index up to `cutoff`, merged:
+        one pipelined round trip per node, and only jobs that can stall are read."""
+        client = await self._connector.client()
+        pipe = client.pipeline(transaction=False)
+        for part in range(keys.PARTITIONS):
+            pipe.zrangebyscore(keys.live_key(part), "-inf", cutoff, 0, limit, withscores=True)
+        async with translated_outage():
+            indexes = cast(list[list[tuple[bytes, float]]], _raised(await self._execute(pipe)))
+        entries = [(score, job_id) for index in indexes for job_id, score in index]
+        return [job_id.decode() for _, job_id in heapq.nsmallest(limit, entries)]
 
     async def advance_milestone(
         self,

@@ -167,11 +167,11 @@ class ShardedFeed:
             log.debug("broker_unsubscribe_skipped", job_id=job_id)
 
     async def _send_unsubscribes(self, leaving: list[tuple[_Shard, bytes]]) -> list[Any]:
-        """`SUNSUBSCRIBE` a tick's channels, one command per shard and slot; the replies
+        """`SUNSUBSCRIBE` a tick's channels, one command per shard (and slot); the replies
         take them off the shard's `leaving` (`_dispatch`)."""
         groups: dict[tuple[_Shard, int], list[bytes]] = defaultdict(list)
         for shard, channel in leaving:
-            groups[shard, key_slot(channel)].append(channel)
+            groups[shard, self._command_slot(channel)].append(channel)
         for (shard, _), names in groups.items():
             if self._shards.get(shard.node) is not shard:
                 continue  # lost meanwhile: its subscriptions went with it
@@ -182,7 +182,7 @@ class ShardedFeed:
         return [None] * len(leaving)
 
     async def _send_subscribes(self, channels: list[bytes]) -> list[Any]:
-        """`SSUBSCRIBE` a tick's channels (one command per node and slot), then wait for
+        """`SSUBSCRIBE` a tick's channels (one command per node, and slot), then wait for
         every confirmation: concurrent first subscriptions share one round trip."""
         if self._tg is None:
             # As with the memory broker: with no feed running a subscription hears nothing.
@@ -197,7 +197,7 @@ class ShardedFeed:
             if node not in self._shards:
                 replies[i] = BrokerUnavailable("no subscription connection to its shard")
                 continue
-            groups[node, key_slot(channel)].append(i)
+            groups[node, self._command_slot(channel)].append(i)
         waits: list[tuple[int, asyncio.Future[None]]] = []
         for (node, _), members in groups.items():
             shard = self._shards.get(node)
@@ -226,6 +226,11 @@ class ShardedFeed:
             elif confirmed.exception() is not None:
                 replies[i] = confirmed.exception()
         return replies
+
+    def _command_slot(self, channel: bytes) -> int:
+        """What one `SSUBSCRIBE` must share: on a cluster the slot (a command naming
+        channels of several slots is refused), on one server nothing (it never checks)."""
+        return 0 if self._connector.cluster is None else key_slot(channel)
 
     def _owner(self, channel: bytes) -> str:
         """The node whose connection carries `channel`, as the slot map says now."""

@@ -76,6 +76,12 @@ def index_key(part: int) -> str:
     return f"{_prefix(part)}index"
 
 
+def live_key(part: int) -> str:
+    """Sorted set of a partition's jobs that can stall (queued or running, not flagged),
+    scored by the time of their last update: the stall sweep reads only the quiet ones."""
+    return f"{_prefix(part)}live"
+
+
 def partition_channel(part: int) -> str:
     """The sharded channel carrying every event of a partition's jobs (`/api/events`)."""
     return f"{_prefix(part)}all"

@@ -21,6 +21,7 @@ class _Job:
     created_at: float
     expires_at: float
     result: bytes | None = None
+    quiet_since: float | None = None
     milestones: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -82,6 +83,7 @@ class MemoryBroker:
         job.record = commit.record
         job.history.append(commit.snapshot)
         job.expires_at = time.monotonic() + commit.ttl
+        job.quiet_since = commit.quiet_since
         if commit.result is not None:
             job.result = commit.result
         self._publish(commit.job_id, commit.envelope)
@@ -113,6 +115,14 @@ class MemoryBroker:
     async def forget(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             self._live(job_id)
+
+    async def quiet_jobs(self, cutoff: float, limit: int) -> list[str]:
+        quiet = [
+            (job.quiet_since, job_id)
+            for job_id, job in list(self._jobs.items())
+            if job.quiet_since is not None and job.quiet_since <= cutoff and self._live(job_id)
+        ]
+        return [job_id for _, job_id in sorted(quiet)[:limit]]
 
     async def advance_milestone(
         self,

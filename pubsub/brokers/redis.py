@@ -79,6 +79,9 @@ class RedisBroker:
     async def forget(self, job_ids: Sequence[str]) -> None:
         await self.commands.forget(job_ids)
 
+    async def quiet_jobs(self, cutoff: float, limit: int) -> list[str]:
+        return await self.commands.quiet_jobs(cutoff, limit)
+
     async def advance_milestone(
         self,
         job_id: str,

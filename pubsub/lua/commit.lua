@@ -1,8 +1,9 @@
 -- Commit one job update atomically, if nobody else committed since it was read.
 -- KEYS: job hash, history list, result, milestone cursors, partition index, job channel,
---       partition channel (one hash slot: the partition's tag, see pubsub/brokers/keys.py).
+--       partition channel, partition live index (one hash slot: the partition's tag, see
+--       pubsub/brokers/keys.py).
 -- ARGV: expected seq, record, snapshot, envelope, ttl, history length,
---       result ('' = keep), job id, creation time.
+--       result ('' = keep), job id, creation time, last update time ('' = cannot stall).
 -- The events go out with SPUBLISH from here: Redis (7.0 and later, cluster mode too)
 -- accepts it in a script when the channel is in the script's slot, so the write and its
 -- publication are one atomic step, on one server or a cluster.
@@ -21,6 +22,11 @@ for i = 1, 4 do
 end
 if current == '0' then
   redis.call('ZADD', KEYS[5], ARGV[9], ARGV[8])
+end
+if ARGV[10] == '' then
+  redis.call('ZREM', KEYS[8], ARGV[8])
+else
+  redis.call('ZADD', KEYS[8], ARGV[10], ARGV[8])
 end
 redis.call('SPUBLISH', KEYS[6], ARGV[4])
 redis.call('SPUBLISH', KEYS[7], ARGV[4])

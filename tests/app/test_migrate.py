@@ -8,6 +8,7 @@ it (`progress:{<id>}:job|history|result|milestones`, each with a TTL, and the on
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import httpx
 import pytest
@@ -110,6 +111,25 @@ def test_migrate_moves_every_key_keeping_values_and_ttls_and_is_safe_to_rerun(
     write_legacy_job(legacy, "old-late", [(JobStatus.QUEUED, 0.0)], created=CREATED + 3)
     assert "1 jobs moved" in migrate(redis_url, capsys)
     assert legacy.zscore(keys.index_key(keys.partition("old-late")), "old-late") == CREATED + 3
+
+
+def test_migrate_lists_live_jobs_for_the_stall_sweep(
+    redis_url: str, legacy: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = migrate(redis_url, capsys)
+    # Running jobs (old-running, old-unindexed) are listed, the completed one is not.
+    assert "2 live jobs listed" in line, line
+    live = {
+        _member(member)
+        for part in range(keys.PARTITIONS)
+        for member in cast(list[bytes], legacy.zrange(keys.live_key(part), 0, -1))
+    }
+    assert live == {"old-running", "old-unindexed"}, live
+    assert "2 live jobs listed" in migrate(redis_url, capsys), "safe to run again"
+
+
+def _member(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
 
 
 def test_migrate_leaves_a_job_found_in_both_layouts_as_it_is(

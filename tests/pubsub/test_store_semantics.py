@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from pubsub.broker import open_broker
 from pubsub.events import JobStatus, Update
 from pubsub.store import READ_BATCH, JobStore
@@ -86,4 +88,33 @@ async def test_store_mark_stalled_flags_every_silent_job_not_only_the_newest(
         assert (await store.get(jobs[0])).stalled  # the oldest one too
         assert await store.mark_stalled(60) == []  # flagged once
     finally:
+        await broker.aclose()
+
+
+async def test_store_mark_stalled_reads_only_jobs_that_can_stall(redis_url: str) -> None:
+    """A sweep's reads follow the quiet live jobs, not every job kept (finished ones stay
+    for their retention): counted by the server's own command statistics."""
+    now = [1000.0]
+    broker = open_broker(redis_url)
+    store = JobStore(broker, clock=lambda: now[0])
+    server = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(READ_BATCH + 20):
+            await store.create(f"done-{i}")
+            await store.publish(f"done-{i}", Update(status=JobStatus.COMPLETED))
+        await store.create("quiet")
+        await store.publish("recent", Update(status=JobStatus.RUNNING))
+        now[0] += 50
+        await store.publish("recent", Update(progress=10))
+        now[0] += 20
+        server.config_resetstat()
+        assert await store.mark_stalled(60) == ["quiet"]
+        # One HGET reads the quiet job's record; the flagging commit's script makes the
+        # other (its seq check). Reading the index as a whole would read all 521.
+        reads = server.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
+        assert reads == 2, f"{reads} HGETs to flag one quiet job"
+        assert await store.mark_stalled(60) == []  # flagged once, and out of the index
+        assert not (await store.get("recent")).stalled
+    finally:
+        server.close()
         await broker.aclose()
