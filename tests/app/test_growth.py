@@ -130,7 +130,7 @@ async def test_hub_following_1000_jobs_once_keeps_nothing_of_them(redis_url: str
     # The gauges see what a followed job holds: a stream, a channel, a subscription.
     assert during["fanout.open_streams"] == during["channels.followed"] == 1, during
     assert during["clock.heartbeat_slots"] == 1, during
-    assert during["feed.pubsub.shard_channels"] == before["feed.pubsub.shard_channels"] + 1
+    assert during["feed.channels"] == before["feed.channels"] + 1, during
     assert set(after) == set(before)
     assert {k: v for k, v in after.items() if k not in BOUNDED} == {
         k: v for k, v in before.items() if k not in BOUNDED
