@@ -3,6 +3,7 @@ who may ask to cancel a job (either, docs/api.md §9)."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable
@@ -34,8 +35,15 @@ def _is_loopback(request: Request) -> bool:
         return False
     if any(name in request.headers for name in FORWARDING_HEADERS):
         return False
+    return _is_loopback_address(request.client.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback_address(host: str) -> bool:
+    # Parsed once per address, not on every write of a client (docs/performance.md:
+    # publish path); bounded, as the addresses come from the network.
     try:
-        return ipaddress.ip_address(request.client.host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
