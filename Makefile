@@ -34,10 +34,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/progress-hub serve --demo
 
+# The suite runs in two pytest-xdist workers: most of a test's time is spent waiting on
+# hubs, streams and child processes, which leaves a core idle. Each worker takes whole files
+# (a module's fixtures, such as its Celery workers, start once) in collection order, which
+# keeps the browser tests after all others on each worker (tests/browser/conftest.py);
+# `stress` and `alone` tests run while the other worker waits (tests/machine.py).
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) test-tools
 	$(BIN)/ruff check app pubsub tests $(wildcard bench)
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # What the browser and JavaScript tests drive: Debian's Chromium (Playwright launches
 # /usr/bin/chromium, never a downloaded build), node and npm (React for the hook test).

@@ -73,6 +73,15 @@ class Channels:
         for channel in list(self._channels.values()):
             yield from list(channel.mailboxes)
 
+    def footprint(self) -> dict[str, int]:
+        """The size of each structure here: the followed channels, their streams, the
+        unsubscriptions in flight; none keeps a job its last stream left."""
+        return {
+            "channels.followed": len(self._channels),
+            "channels.streams": sum(len(c.mailboxes) for c in self._channels.values()),
+            "channels.leaving": len(self._leaving),
+        }
+
     def latest(self, job_id: str) -> Snapshot | None:
         """The job's current snapshot without a broker read, when a stream here follows it."""
         channel = self._channels.get(job_id)

@@ -21,6 +21,10 @@ from progress_hub.mailbox import Mailbox
 
 # A token's expiry ends its stream at most this late (docs/api.md §3).
 TOKEN_CHECK_INTERVAL: Final = 1.0
+# Seconds of emptied buckets stay in the heap until due; past this many more than the
+# buckets, the heap is rebuilt from the buckets (streams of long-lived tokens opened and
+# closed one after another would otherwise push one stale second each).
+STALE_DEADLINES: Final = 64
 
 
 class Clock:
@@ -49,7 +53,11 @@ class Clock:
             bucket = self._expiring.get(second)
             if bucket is None:
                 bucket = self._expiring[second] = set()
-                heapq.heappush(self._deadlines, second)
+                if len(self._deadlines) > 2 * len(self._expiring) + STALE_DEADLINES:
+                    self._deadlines = list(self._expiring)
+                    heapq.heapify(self._deadlines)
+                else:
+                    heapq.heappush(self._deadlines, second)
             bucket.add(mailbox)
 
     def remove(self, mailbox: Mailbox) -> None:
@@ -64,6 +72,16 @@ class Clock:
                 bucket.discard(mailbox)
                 if not bucket:
                     del self._expiring[second]  # its second stays in the heap, popped when due
+
+    def footprint(self) -> dict[str, int]:
+        """The size of each structure of the clock: all follow the open streams (the
+        deadline heap: at most twice the buckets, plus `STALE_DEADLINES`)."""
+        return {
+            "clock.heartbeat_ring": sum(len(slot) for slot in self._ring),
+            "clock.heartbeat_slots": len(self._slot),
+            "clock.expiry_buckets": len(self._expiring),
+            "clock.expiry_deadlines": len(self._deadlines),
+        }
 
     async def run(self) -> None:
         """Tick until cancelled (owned by the fan-out's task group)."""

@@ -36,19 +36,42 @@ DRAIN_RETRY_MS: Final = (250, 2000)
 class Subscription:
     """`async with fanout.subscribe(...) as mailbox:` — a class rather than an
     `@asynccontextmanager`, whose suspended generator each open stream would hold for
-    its whole life (docs/performance.md, memory per stream)."""
+    its whole life (docs/performance.md, memory per stream).
 
-    __slots__ = ("_fanout", "_mailbox")
+    A job stream's endpoint enters it before it chooses its response: the read after
+    subscribing decides 404 and 204 (docs/api.md §3). The block releases it on every way
+    out, unless `hand_over()` gave it to the response that carries the stream; that
+    response's own `__call__` then releases it (`app.sse.HubStream`), once.
+    """
+
+    __slots__ = ("_fanout", "_mailbox", "_handed_over", "_released")
 
     def __init__(self, fanout: Fanout, mailbox: Mailbox) -> None:
         self._fanout = fanout
         self._mailbox = mailbox
+        self._handed_over = False
+        self._released = False
 
     async def __aenter__(self) -> Mailbox:
         await self._fanout.enter(self._mailbox)
         return self._mailbox
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Handed over: returns without suspending, so that no cancellation can come
+        # between the endpoint's return and the response's `__call__`.
+        if not self._handed_over:
+            await self.release()
+
+    def hand_over(self) -> Subscription:
+        """Leave the release to whoever now holds this (the stream's response)."""
+        self._handed_over = True
+        return self
+
+    async def release(self) -> None:
+        """Stop delivering to the mailbox (a second call does nothing)."""
+        if self._released:
+            return
+        self._released = True
         await self._fanout.exit(self._mailbox)
 
 
@@ -108,6 +131,12 @@ class Fanout:
         self.clock.remove(mailbox)
         with anyio.CancelScope(shield=True):
             await self.channels.leave(mailbox)
+
+    def footprint(self) -> dict[str, int]:
+        """The size of every structure of this process's fan-out (`GET /metrics`,
+        `progress_held`): each follows the open streams, none the jobs ever seen."""
+        return {"fanout.open_streams": self.open_streams, **self.channels.footprint(),
+                **self.clock.footprint()}  # fmt: skip
 
     @property
     def epoch(self) -> int:

@@ -144,6 +144,9 @@ def create_app(settings: Settings, *, shutdown: ShutdownNotice | None = None) ->
         metrics.watch_feed(broker)
         store = JobStore(broker, pipelines, history=settings.history, retention=settings.retention)
         fanout = Fanout(broker, store, heartbeat=settings.heartbeat)
+        metrics.watch_held(
+            ("", fanout.footprint), ("", store.footprint), ("feed.", broker.feed_footprint)
+        )
         stop_listening = shutdown.listen(fanout.drain) if shutdown is not None else None
         try:
             async with anyio.create_task_group() as tg:

@@ -6,7 +6,7 @@ prometheus-client intends; `GET /metrics` renders `REGISTRY`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -82,3 +82,36 @@ REGISTRY.register(FEED)
 def watch_feed(broker: Broker | None) -> None:
     """Report `broker`'s feed in the metrics from now on (None: stop)."""
     FEED.broker = broker
+
+
+Footprint = Callable[[], Mapping[str, int]]
+
+
+class HeldCollector(Collector):
+    """The size of every structure of the hub process that holds something per job or
+    per stream, by name (`progress_held{structure=...}`), read at each scrape: with no
+    stream open each is back to its size at start, or within its fixed bound
+    (docs/production.md, metrics; tests/app/test_growth.py)."""
+
+    def __init__(self) -> None:
+        self.sources: tuple[tuple[str, Footprint], ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "progress_held",
+            "Entries held by one structure of this process (streams, channels, caches)",
+            labels=["structure"],
+        )
+        for prefix, footprint in self.sources:
+            for name, size in sorted(footprint().items()):
+                held.add_metric([prefix + name], size)
+        yield held
+
+
+HELD: Final = HeldCollector()
+REGISTRY.register(HELD)
+
+
+def watch_held(*sources: tuple[str, Footprint]) -> None:
+    """Report these footprints (a name prefix, the function) from now on (none: stop)."""
+    HELD.sources = sources

@@ -17,7 +17,7 @@ from progress_hub import frames, metrics
 from progress_hub.auth import require_reader
 from progress_hub.body import whole_number
 from progress_hub.delivery import MAX_DASHBOARD_JOBS
-from progress_hub.fanout import DRAIN_RETRY_MS, Fanout
+from progress_hub.fanout import DRAIN_RETRY_MS, Fanout, Subscription
 from progress_hub.jobs import path_job_id
 from progress_hub.mailbox import Mailbox
 from progress_hub.settings import Settings
@@ -37,6 +37,7 @@ TURN_AWAY_SEND_TIMEOUT: Final = 5.0
 # `?job=` filters of the every-job feed: each is held for the stream's life (no unbounded
 # structure keyed by client input, docs/production.md).
 MAX_FILTER_JOBS: Final = 100
+LAST_EVENT_ID: Final = b"last-event-id"
 
 
 class HubStream(EventSourceResponse):
@@ -46,10 +47,22 @@ class HubStream(EventSourceResponse):
     subscriber), which sse-starlette writes as they are. Heartbeats come from the
     fan-out's one clock (`app.clock`), not a ping task per stream (`ping=0`); a client
     that stops reading is cut by sse-starlette's `send_timeout`, and counted here.
+
+    Args:
+        subscription: the fan-out registration the endpoint made before answering
+            (`Subscription.hand_over()`); released when the response ends, however it
+            ends (the client gone before its first byte, cancellation, shutdown).
     """
 
-    def __init__(self, body: AsyncIterator[bytes], *, send_timeout: float) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        send_timeout: float,
+        subscription: Subscription | None = None,
+    ) -> None:
         super().__init__(body, headers=STREAM_HEADERS, ping=0, sep="\n", send_timeout=send_timeout)
+        self.subscription = subscription
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream; a send blocked for `send_timeout` ends it (a stuck client)."""
@@ -58,6 +71,9 @@ class HubStream(EventSourceResponse):
         except SendTimeoutError:
             metrics.SLOW_CLIENT_DISCONNECTS.inc()
             log.info("slow_client_disconnected", send_timeout=self.send_timeout)
+        finally:
+            if self.subscription is not None:
+                await self.subscription.release()
 
 
 def turn_away(retry_ms: tuple[int, int] = TURN_AWAY_RETRY_MS) -> EventSourceResponse:
@@ -78,7 +94,15 @@ def _last_event_id(request: Request) -> int | None:
     snapshot. A 400 would make a browser give up for good, which the contract keeps
     for 404, 403 and 204 (docs/api.md §3).
     """
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    raw: str | None = None
+    # The raw ASGI headers, scanned once: Starlette's `Headers.get` raises and catches a
+    # KeyError for a header that is absent, which a new client's header always is.
+    for name, value in request.scope["headers"]:
+        if name == LAST_EVENT_ID:
+            raw = value.decode("latin-1")
+            break
+    if not raw:
+        raw = request.query_params.get("last_event_id") if request.scope["query_string"] else None
     return None if raw is None else whole_number(raw.strip())
 
 
@@ -92,7 +116,14 @@ def _followed(fanout: Fanout, job_id: str, last_seq: int | None) -> Snapshot | N
 
 
 async def job_events(request: Request) -> Response:
-    """`GET /api/jobs/{job_id}/events`: snapshot or replay, then live events, then `end`."""
+    """`GET /api/jobs/{job_id}/events`: snapshot or replay, then live events, then `end`.
+
+    Subscribed first, read second, both before the response is chosen: the one read
+    decides 404 and 204 (real statuses, docs/api.md §3) and is the stream's opening, and
+    nothing published in between is missed. A first stream of a job so costs two round
+    trips, each batched by the broker with the concurrent connects of the same loop tick;
+    a stream of a followed job, none (docs/performance.md, streams to new jobs).
+    """
     job_id = path_job_id(request)
     claims = require_reader(request, [job_id])
     last_seq = _last_event_id(request)
@@ -101,43 +132,49 @@ async def job_events(request: Request) -> Response:
     fanout: Fanout = request.state.fanout
     if fanout.draining:
         return turn_away(DRAIN_RETRY_MS)
+    subscription = fanout.subscribe(job_id, expires_at=_expiry(claims))
     try:
-        snapshot = _followed(fanout, job_id, last_seq) or await store.get(job_id)
+        # Every way out of this block releases the subscription but the one that hands
+        # it to the stream's response (tests/app/test_sse_release.py).
+        async with subscription as mailbox:
+            opening = await _opening(fanout, store, mailbox, last_seq, settings)
+            if opening is None:
+                # The client has the final event: 204 tells a browser to stop reconnecting.
+                return Response(status_code=204)
+            return HubStream(
+                _live(mailbox, *opening),
+                send_timeout=settings.send_timeout,
+                subscription=subscription.hand_over(),
+            )
     except BrokerUnavailable:
         return turn_away()
-    if snapshot.is_terminal and last_seq == snapshot.seq:
-        # The client has the final event: 204 tells a browser to stop reconnecting.
-        return Response(status_code=204)
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async with fanout.subscribe(job_id, expires_at=_expiry(claims)) as mailbox:
-                opening, terminal = await _opening(fanout, store, mailbox, last_seq, settings)
-                yield opening
-                if terminal:
-                    return
-                while (batch := await mailbox.next_frames()) is not None:
-                    yield batch
-        except BrokerUnavailable:
-            metrics.STREAMS_REFUSED.inc()
-            yield frames.retry(random.randint(*TURN_AWAY_RETRY_MS))
 
-    return HubStream(body(), send_timeout=settings.send_timeout)
+async def _live(mailbox: Mailbox, opening: bytes, terminal: bool) -> AsyncIterator[bytes]:
+    """A job stream's body: its opening, then what the fan-out queues, until the end."""
+    yield opening
+    del opening  # an open stream does not hold what it read
+    if terminal:
+        return
+    while (batch := await mailbox.next_frames()) is not None:
+        yield batch
 
 
 async def _opening(
     fanout: Fanout, store: JobStore, mailbox: Mailbox, last_seq: int | None, settings: Settings
-) -> tuple[bytes, bool]:
+) -> tuple[bytes, bool] | None:
     """A job stream's first write (its snapshot, or the events it missed) and whether the
-    job is over; a function of its own, so that an open stream does not hold what it read."""
+    job is over; None when the client already has the job's final event (204).
+    `JobNotFound` for an unknown job."""
     job_id = mailbox.job_id
     assert job_id is not None, "a job stream follows one job"
-    # Subscribed first, read second: nothing published in between is missed, and
-    # start_after() drops what the read already covers.
+    # Called once subscribed: start_after() drops what this read already covers.
     epoch = fanout.epoch
     replay = await store.replay(job_id, last_seq, current=_followed(fanout, job_id, last_seq))
     current = replay.snapshot
     fanout.observe(current, epoch)
+    if current.is_terminal and last_seq == current.seq:
+        return None
     mailbox.start_after(current.seq)
     # The opening frames go out in one write: on this VM each socket write is the largest
     # single cost of a connect (docs/performance.md, connect).

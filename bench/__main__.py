@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from bench import cluster, library, profile, regimes
+from bench import cluster, growth, library, profile, regimes
 from bench.fleet import percentile
 from bench.load import http_publish, polling
 from bench.procs import raise_fd_limit, redis_server
@@ -45,6 +45,8 @@ SCENARIOS = (
     "streams", "fanout", "many", "library", "http", "poll", "scaling", "cluster",
     "seqpub", "manyhttp", "newjobs", "idle",
 )  # fmt: skip
+# Run only when named with --only: each takes about a minute (docs/performance.md).
+OPT_IN = ("growth",)
 console = Console(width=max(150, Console().width))
 
 
@@ -322,6 +324,8 @@ async def run(args: argparse.Namespace) -> Report:
                 )
         if built:
             await regimes.regime_rows(ctx, report, console, chosen)
+        if "growth" in chosen and built:
+            await growth.growth_rows(ctx, report, console)
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
         if "cluster" in chosen and built:
@@ -374,7 +378,10 @@ def main() -> None:
         "--full", action="store_true", help="the sizes named in docs/performance.md"
     )
     parser.add_argument(
-        "--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)"
+        "--only",
+        action="append",
+        choices=SCENARIOS + OPT_IN,
+        help="run only this scenario (repeatable)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the tutorial app")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")

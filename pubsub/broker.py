@@ -71,6 +71,11 @@ class Broker(Protocol):
         """Whether each shard connection of the feed is up, by node (for the metrics)."""
         ...
 
+    def feed_footprint(self) -> Mapping[str, int]:
+        """The size of every structure the feed keeps, by name (for the metrics): after a
+        job's last unsubscribe, none holds it (tests/pubsub/test_feed_leak.py)."""
+        ...
+
     async def load(self, job_id: str) -> bytes | None:
         """The stored record of a job, or None."""
         ...

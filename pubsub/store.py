@@ -191,6 +191,11 @@ class JobStore:
         if len(known) > KNOWN_RECORDS:
             del known[next(iter(known))]  # the least recently published
 
+    def footprint(self) -> dict[str, int]:
+        """The size of the store's one per-job structure, its record cache (at most
+        `KNOWN_RECORDS`)."""
+        return {"store.known_records": len(self._known)}
+
     async def seq(self, job_id: str) -> int:
         """A job's current seq, without reading its record; `JobNotFound` if unknown."""
         check_job_id(job_id)

@@ -17,6 +17,8 @@ from pubsub.broker import open_broker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster, running_cluster
 from tests.hub import ThreadHub, run_hub
+from tests.machine import machine_share
+from tests.tls import TlsServer, require_passwords, start_tls_server
 
 # CI runs every test: a test that skips there (no Chromium, no node) fails the run, so a
 # broken CI image cannot pass by testing less. Locally a skip stays a skip, and
@@ -37,6 +39,25 @@ def pytest_runtest_makereport(
     return report
 
 
+# Set in each worker by pytest-xdist (`make test` runs two); unset in a plain `pytest` run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+EXCLUSIVE_MARKERS = ("stress", "alone")
+
+
+@pytest.fixture(autouse=True)
+def machine_to_share(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, a `stress` or `alone` test runs while no other worker runs a test
+    (tests/machine.py)."""
+    if XDIST_WORKER is None:
+        yield
+        return
+    exclusive = any(request.node.get_closest_marker(name) for name in EXCLUSIVE_MARKERS)
+    with machine_share(tmp_path_factory.getbasetemp().parent, exclusive=exclusive):
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedServer]:
     """A private server on a free port, for this test session only."""
@@ -53,6 +74,24 @@ def redis_url(redis_server: EmbeddedServer) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A private server that also listens with TLS, its certificate from a test CA."""
+    tls = start_tls_server(tmp_path_factory.mktemp("tls"))
+    try:
+        yield tls
+    finally:
+        tls.server.stop()
+
+
+@pytest.fixture(scope="session")
+def password_server() -> Iterator[EmbeddedServer]:
+    """A private server that asks for a password (`tests.tls.PASSWORD`), with an ACL user."""
+    with EmbeddedServer() as server:
+        require_passwords(server)
+        yield server
 
 
 # Small enough that a killed master's replica takes over in about three seconds, large

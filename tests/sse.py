@@ -44,6 +44,20 @@ class Stream:
         self.events.append(event)
         return event
 
+    async def opened(self, timeout: float = 5) -> None:
+        """Wait for the `retry:` hint that starts the stream (docs/api.md §3). The hub writes
+        it with the opening snapshots, after subscribing and reading them: what is published
+        after it comes as progress, never folded into a snapshot that the race made late."""
+        assert self._iterator is not None
+        with anyio.fail_after(timeout):
+            while self.retry is None:
+                try:
+                    frame = await self._iterator.__anext__()
+                except StopAsyncIteration:
+                    raise EOFError("the stream ended before its retry: hint") from None
+                assert not frame.is_event, f"an event before the retry: hint: {frame}"
+                self.retry = frame.retry
+
     async def take(self, count: int, timeout: float = 5) -> list[Frame]:
         """The next `count` events."""
         return [await self.next(timeout) for _ in range(count)]

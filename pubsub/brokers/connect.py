@@ -104,6 +104,11 @@ def _plain(url: str) -> tuple[str, bool]:
     return url, False
 
 
+def plain_url(url: str) -> str:
+    """`url` in a scheme redis-py knows (`redis+cluster://` and `valkey://` are `redis://`)."""
+    return _plain(url)[0]
+
+
 def node_url(url: str, host: str, port: int) -> str:
     """`url` (credentials, TLS, options kept) pointed at another node of its cluster."""
     parts: SplitResult = urlsplit(_plain(url)[0])

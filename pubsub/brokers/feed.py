@@ -3,19 +3,20 @@
 Each job's events arrive on its sharded channel (`SSUBSCRIBE`), the every-job feed on the
 64 partition channels (`pubsub.brokers.keys`). Redis delivers a sharded channel only on a
 connection to the master that owns its slot, so the feed holds one connection per master
-(one in all on a single server), each read through redis-py's public `PubSub`
-(`get_message`), which therefore sees every unsubscribe reply and keeps nothing of a job
-after its last unsubscribe (`tests/pubsub/test_feed_leak.py`).
+(one in all on a single server): a `SubscriptionConnection` of ours
+(`pubsub.brokers.subscription`), which hands every reply to the feed as it is parsed and
+keeps nothing per channel itself, so the feed's own sets are all there is to forget: none
+holds a job after its last unsubscribe (`tests/pubsub/test_feed_leak.py`).
 
 Anything that may have lost events is a gap, told to `listen`'s `on_gap` with the job
 ids concerned once their subscriptions are back, and counted in `feed_epoch` the moment
 it starts: a shard connection that fails or stops answering (a quiet connection gets a
 PING after `probe_interval`, and is replaced when another interval passes without a
 word), a slot moved to another master (Redis then sends `sunsubscribe` for its channels;
-an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`; that connection is
-replaced too, as redis-py's `PubSub` would otherwise go on listing those channels), a
-failover. The repair re-reads the cluster's slot map and subscribes each channel at its
-owner, retrying on the schedule of `pubsub.backoff`.
+an `SSUBSCRIBE` to a node that lost the slot is answered `MOVED`), a failover. The
+repair re-reads the cluster's slot map and subscribes each channel at its owner,
+retrying on the schedule of `pubsub.backoff`. The connection that lost a slot stays:
+Redis dropped those channels from it, and nothing of ours lists them any more.
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from redis.asyncio.client import PubSub
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pubsub.backoff import Outage
 from pubsub.broker import OnGap, OnMessage
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
-from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, node_url, server_client
+from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, node_url, plain_url
+from pubsub.brokers.subscription import ErrorReply, SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
 
 log = structlog.get_logger(__name__)
@@ -48,15 +49,6 @@ SUBSCRIBE_TIMEOUT: Final = 5.0
 # in the same shape) while no job of its node is followed. A plain channel, node-local.
 CONTROL_CHANNEL: Final = b"progress:control"
 SINGLE_NODE: Final = "server"
-# What redis-py's `PubSub` keeps per channel or pattern (its public attributes).
-PUBSUB_STRUCTURES: Final = (
-    "channels",
-    "pending_unsubscribe_channels",
-    "patterns",
-    "pending_unsubscribe_patterns",
-    "shard_channels",
-    "pending_unsubscribe_shard_channels",
-)
 PARTITION_CHANNELS: Final = frozenset(
     keys.partition_channel(p).encode() for p in range(keys.PARTITIONS)
 )
@@ -67,7 +59,7 @@ class _Shard:
     """One subscription connection, to one master."""
 
     node: str
-    pubsub: PubSub
+    connection: SubscriptionConnection = field(init=False)
     channels: set[bytes] = field(default_factory=set)
     """Channels subscribed (or being subscribed) here."""
     confirming: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
@@ -75,11 +67,8 @@ class _Shard:
     """Channels we unsubscribed whose reply has not come yet."""
     heard: int = 0
     """Replies read so far (the liveness probe's clock)."""
-    stale: bool = False
-    """Redis dropped (or refused) channels of it that redis-py's `PubSub` still lists and
-    cannot be told to forget (a `SUNSUBSCRIBE` there is answered `MOVED`): replaced."""
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    """Its reader and its probe."""
+    """Its probe."""
 
 
 class ShardedFeed:
@@ -118,15 +107,12 @@ class ShardedFeed:
         return {node: node in self._shards for node in self._nodes | set(self._shards)}
 
     def footprint(self) -> dict[str, int]:
-        """The size of every structure the feed keeps, ours and redis-py's `PubSub`'s
-        (summed over the shards): after a job's last unsubscribe, none holds it."""
+        """The size of every structure the feed keeps per channel (summed over the shards;
+        a `SubscriptionConnection` keeps none): after a job's last unsubscribe, none
+        holds it."""
         sizes = {"wanted": len(self._wanted), "orphans": len(self._orphans)}
         for name in ("channels", "confirming", "leaving"):
             sizes[name] = sum(len(getattr(shard, name)) for shard in self._shards.values())
-        for name in PUBSUB_STRUCTURES:
-            sizes[f"pubsub.{name}"] = sum(
-                len(getattr(shard.pubsub, name)) for shard in self._shards.values()
-            )
         return sizes
 
     async def listen(self, on_message: OnMessage, on_gap: OnGap) -> None:
@@ -182,7 +168,7 @@ class ShardedFeed:
 
     async def _send_unsubscribes(self, leaving: list[tuple[_Shard, bytes]]) -> list[Any]:
         """`SUNSUBSCRIBE` a tick's channels, one command per shard and slot; the replies
-        are read by the shard's reader (and so by redis-py, which forgets them then)."""
+        take them off the shard's `leaving` (`_dispatch`)."""
         groups: dict[tuple[_Shard, int], list[bytes]] = defaultdict(list)
         for shard, channel in leaving:
             groups[shard, key_slot(channel)].append(channel)
@@ -190,9 +176,9 @@ class ShardedFeed:
             if self._shards.get(shard.node) is not shard:
                 continue  # lost meanwhile: its subscriptions went with it
             try:
-                await shard.pubsub.sunsubscribe(*names)
-            except OUTAGE_ERRORS as exc:
-                await self._lost(shard, exc)
+                shard.connection.sunsubscribe(names)
+            except OSError as exc:
+                self._lost(shard, exc)
         return [None] * len(leaving)
 
     async def _send_subscribes(self, channels: list[bytes]) -> list[Any]:
@@ -214,7 +200,11 @@ class ShardedFeed:
             groups[node, key_slot(channel)].append(i)
         waits: list[tuple[int, asyncio.Future[None]]] = []
         for (node, _), members in groups.items():
-            shard = self._shards[node]
+            shard = self._shards.get(node)
+            if shard is None:  # lost while an earlier slot's command was sent
+                for i in members:
+                    replies[i] = BrokerUnavailable("no subscription connection to its shard")
+                continue
             names = [channels[i] for i in members]
             for i, name in zip(members, names, strict=True):
                 confirmed = shard.confirming.get(name)
@@ -224,9 +214,9 @@ class ShardedFeed:
                 self._orphans.discard(name)
                 waits.append((i, confirmed))
             try:
-                await shard.pubsub.ssubscribe(*names)
-            except OUTAGE_ERRORS as exc:
-                await self._lost(shard, exc)
+                shard.connection.ssubscribe(names)
+            except OSError as exc:
+                self._lost(shard, exc)
         if waits:
             with anyio.move_on_after(SUBSCRIBE_TIMEOUT):
                 await asyncio.wait([f for _, f in waits])
@@ -254,7 +244,9 @@ class ShardedFeed:
                 repaired = await self._repair()
             except (*OUTAGE_ERRORS, BrokerUnavailable, ResponseError) as exc:
                 if outage.failed(anyio.current_time()):
-                    log.warning("broker_feed_repair_failed", error=type(exc).__name__)
+                    log.warning(
+                        "broker_feed_repair_failed", error=type(exc).__name__, detail=str(exc)
+                    )
                 self._repair_needed.set()
                 await anyio.sleep(outage.delay)
                 continue
@@ -287,100 +279,80 @@ class ShardedFeed:
 
     async def _open(self, node: str) -> None:
         """One subscription connection to `node`, subscribed to the control channel."""
-        url = self._connector.url
+        url = plain_url(self._connector.url)
         if node != SINGLE_NODE:
             host, _, port = node.rpartition(":")
             url = node_url(url, host, int(port))
-        pubsub = server_client(url, pool=False).pubsub()
-        try:
-            with anyio.fail_after(SUBSCRIBE_TIMEOUT):
-                await pubsub.subscribe(CONTROL_CHANNEL)
-                while (await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT)) is None:
-                    pass
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
-        shard = self._shards[node] = _Shard(node=node, pubsub=pubsub)
+        shard = _Shard(node=node)
+        shard.connection = await SubscriptionConnection.open(
+            url,
+            on_push=partial(self._dispatch, shard),
+            on_error=partial(self._refused, shard),
+            on_lost=partial(self._lost, shard),
+            subscribe=[CONTROL_CHANNEL],
+            timeout=SUBSCRIBE_TIMEOUT,
+        )
+        self._shards[node] = shard
         assert self._tg is not None
-        self._tg.start_soon(self._run, shard)
+        self._tg.start_soon(self._probe, shard)
         log.info("broker_shard_connected", node=node)
-
-    async def _run(self, shard: _Shard) -> None:
-        with shard.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._probe, shard)
-                tg.start_soon(self._read, shard)
-
-    async def _read(self, shard: _Shard) -> None:
-        """Read one shard connection until it fails.
-
-        Without a timeout per read: one costs redis-py as much again as the read itself
-        (docs/performance.md, the public-API broker); `_probe` watches for silence instead.
-        """
-        pubsub = shard.pubsub
-        try:
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=None)
-                except ResponseError as exc:
-                    self._refused(shard, exc)
-                    message = None
-                shard.heard += 1
-                if message is not None:
-                    self._dispatch(shard, message)
-                if shard.stale:
-                    await self._lost(shard, ResponseError("a slot of it moved"))
-                    return
-        except OUTAGE_ERRORS as exc:
-            await self._lost(shard, exc)
 
     async def _probe(self, shard: _Shard) -> None:
         """A connection quiet for an interval gets a PING; quiet for another, it is
         taken as dead (a peer gone without a word, a NAT that forgot it)."""
         heard, pinged = -1, False
-        while True:
-            await anyio.sleep(self._probe_interval)
-            if shard.heard != heard:
-                heard, pinged = shard.heard, False
-                continue
-            if pinged:
-                await self._lost(shard, RedisTimeoutError("the connection stopped answering"))
-                return
-            pinged = True
-            try:
-                await shard.pubsub.ping()
-            except OUTAGE_ERRORS as exc:
-                await self._lost(shard, exc)
-                return
+        with shard.scope:
+            while True:
+                await anyio.sleep(self._probe_interval)
+                if shard.heard != heard:
+                    heard, pinged = shard.heard, False
+                    continue
+                if pinged:
+                    self._lost(shard, TimeoutError("the connection stopped answering"))
+                    return
+                pinged = True
+                try:
+                    shard.connection.ping()
+                except OSError as exc:
+                    self._lost(shard, exc)
+                    return
 
-    def _dispatch(self, shard: _Shard, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if kind == "smessage":
+    def _dispatch(self, shard: _Shard, push: list[Any]) -> None:
+        """One reply of `shard`'s connection, as it is read (the hot path: no await)."""
+        shard.heard += 1
+        kind, channel = push[0], push[1]
+        if kind == b"smessage":
             if self._on_message is not None:
-                self._on_message(message["data"], channel in PARTITION_CHANNELS)
-        elif kind == "ssubscribe":
+                self._on_message(push[2], channel in PARTITION_CHANNELS)
+        elif kind == b"ssubscribe":
             confirmed = shard.confirming.pop(channel, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-        elif kind == "sunsubscribe":
+        elif kind == b"sunsubscribe":
             if channel in shard.leaving:
                 shard.leaving.discard(channel)
             elif channel in shard.channels:
                 # Not asked for: its slot moved to another master.
                 self._moved(shard, [channel])
 
-    def _refused(self, shard: _Shard, exc: ResponseError) -> None:
-        """An `SSUBSCRIBE` answered with an error (`MOVED`: the slot map was stale)."""
-        slot = getattr(exc, "slot_id", None)
+    def _refused(self, shard: _Shard, error: ErrorReply) -> None:
+        """An error reply (`MOVED`: the slot map was stale): the channels being subscribed
+        in its slot (in every slot when it names none) are subscribed at their owner."""
+        shard.heard += 1
+        slot = error.slot
         refused = [c for c in shard.confirming if slot is None or key_slot(c) == slot]
-        log.info("broker_subscribe_redirected", node=shard.node, channels=len(refused))
+        if slot is not None:
+            # Not subscribed there either: a `SUNSUBSCRIBE` of them is answered `MOVED` too.
+            shard.leaving -= {c for c in shard.leaving if key_slot(c) == slot}
+            log.info("broker_subscribe_redirected", node=shard.node, channels=len(refused))
+        else:
+            log.warning("broker_subscribe_refused", node=shard.node, error=str(error))
         self._moved(shard, refused)
 
     def _moved(self, shard: _Shard, channels: list[bytes]) -> None:
-        """`channels` are no longer subscribed on `shard`: subscribe them at their new
-        owner, and replace `shard`, so that redis-py keeps nothing of them either."""
-        shard.stale = True
+        """`channels` are no longer subscribed on `shard`: subscribe them at their owner."""
+        if not channels:
+            return  # e.g. a `SUNSUBSCRIBE` answered `MOVED`: nothing was lost
         self.feed_epoch += 1
         for channel in channels:
             shard.channels.discard(channel)
@@ -391,7 +363,7 @@ class ShardedFeed:
                 self._orphans.add(channel)
         self._repair_needed.set()
 
-    async def _lost(self, shard: _Shard, exc: BaseException) -> None:
+    def _lost(self, shard: _Shard, exc: BaseException) -> None:
         """Give up a shard connection: its channels wait for the repair."""
         if self._shards.get(shard.node) is not shard:
             return
@@ -403,17 +375,13 @@ class ShardedFeed:
             if not confirmed.done():
                 confirmed.set_exception(BrokerUnavailable("the subscription connection was lost"))
         self._repair_needed.set()
-        shard.scope.cancel()  # its reader and probe, whichever of them called
-        with anyio.CancelScope(shield=True):
-            await self._close(shard)
+        shard.scope.cancel()  # its probe
+        shard.connection.abort()
 
     async def _close(self, shard: _Shard) -> None:
         self._shards.pop(shard.node, None)
-        try:
-            await shard.pubsub.aclose()  # type: ignore[no-untyped-call]
-        except OUTAGE_ERRORS:
-            pass
-        await shard.pubsub.connection_pool.aclose()
+        shard.scope.cancel()
+        await shard.connection.aclose()
 
 
 def _channels(job_id: str | None) -> list[bytes]:

@@ -34,6 +34,9 @@ class MemoryBroker:
     def feed_shards(self) -> dict[str, bool]:
         return {"memory": self.feed_up}
 
+    def feed_footprint(self) -> dict[str, int]:
+        return {"subscribed": len(self._subscribed)}
+
     @property
     def feed_up(self) -> bool:
         return self._on_message is not None

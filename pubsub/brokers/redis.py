@@ -44,6 +44,9 @@ class RedisBroker:
     def feed_shards(self) -> dict[str, bool]:
         return self.feed.shards_up()
 
+    def feed_footprint(self) -> dict[str, int]:
+        return self.feed.footprint()
+
     @property
     def feed_resubscriptions(self) -> int:
         """Channels subscribed again after a gap, since start."""

@@ -54,21 +54,24 @@ async def test_cancel_of_an_unknown_or_ended_job_or_a_bad_id_is_refused(
     assert (await client.get("/api/jobs/k2")).json()["cancel_requested"] is False
 
 
-CONFIGURED_MATRIX = [
-    ("no credentials", {}, {}, 401),
-    ("wrong publish key", {"Authorization": f"Bearer {KEY}x"}, {}, 403),
-    ("token without the right", {}, {"token": _token(["k3"], can_cancel=False)}, 403),
-    ("token for another job", {}, {"token": _token(["other"], can_cancel=True)}, 403),
-    ("forged token", {}, {"token": _token(["k3"], can_cancel=True, secret="nope")}, 403),
-    ("publish key", {"Authorization": f"Bearer {KEY}"}, {}, 202),
-    ("token with the right", {}, {"token": _token(["k3"], can_cancel=True)}, 202),
-    (
-        "bearer token with the right",
-        {"Authorization": f"Bearer {_token(['*'], can_cancel=True)}"},
-        {},
-        202,
-    ),
-]
+def configured_matrix() -> list[tuple[str, dict[str, str], dict[str, str], int]]:
+    """Who asks, and the answer each gets. Built when the test runs: a token issued at
+    collection would expire (60 s) before a test that runs late in a long session."""
+    return [
+        ("no credentials", {}, {}, 401),
+        ("wrong publish key", {"Authorization": f"Bearer {KEY}x"}, {}, 403),
+        ("token without the right", {}, {"token": _token(["k3"], can_cancel=False)}, 403),
+        ("token for another job", {}, {"token": _token(["other"], can_cancel=True)}, 403),
+        ("forged token", {}, {"token": _token(["k3"], can_cancel=True, secret="nope")}, 403),
+        ("publish key", {"Authorization": f"Bearer {KEY}"}, {}, 202),
+        ("token with the right", {}, {"token": _token(["k3"], can_cancel=True)}, 202),
+        (
+            "bearer token with the right",
+            {"Authorization": f"Bearer {_token(['*'], can_cancel=True)}"},
+            {},
+            202,
+        ),
+    ]
 
 
 async def test_cancel_needs_the_publish_key_or_a_token_with_the_cancel_right(
@@ -77,7 +80,7 @@ async def test_cancel_needs_the_publish_key_or_a_token_with_the_cancel_right(
     hub = start_hub(publish_key=KEY, subscriber_secret=SECRET)
     writer = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=hub.url) as http:
-        for name, headers, params, status in CONFIGURED_MATRIX:
+        for name, headers, params, status in configured_matrix():
             # A fresh job each time: an allowed request must be what set the flag.
             job = "k3"
             await http.delete(f"/api/jobs/{job}", headers=writer)

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import msgspec
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -71,6 +72,7 @@ async def _flood(redis_url: str, base: Snapshot, count: int) -> int:
     return base.seq + count
 
 
+@pytest.mark.alone  # the reading subscriber's lag after a 70 MiB flood is bounded (1 s)
 async def test_slow_client_gets_the_latest_state_without_growing_the_hub_or_delaying_others(
     redis_url: str, store: JobStore
 ) -> None:

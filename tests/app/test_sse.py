@@ -202,6 +202,9 @@ async def test_sse_every_job_stream_narrows_to_named_jobs(client: httpx.AsyncCli
     # An id no job can have ("bad id") matches nothing; it does not end the stream with
     # a 400, which a browser would never retry (docs/api.md §3).
     async with open_stream(client, "/api/events?job=b&job=bad%20id&job=c") as stream:
+        # No named job exists yet, so the opening is the hint alone: publish after it, or b's
+        # update may come both in the opening snapshots and as progress.
+        await stream.opened()
         for job_id in ("a", "b", "a", "c"):
             await _publish(client, job_id, message="hello")
         events = await stream.take(2)

@@ -97,7 +97,7 @@ def wait_for_status(
 
     try:
         wait_until(reached, timeout, "")
-    except TimeoutError:
+    except AssertionError:
         raise AssertionError(
             f"job {job_id} never read {list(statuses)} within {timeout} s; last: {seen[0]}"
         ) from None
@@ -143,7 +143,7 @@ def wait_ready(worker: Worker, ready: Path) -> None:
 
     try:
         wait_until(started, WORKER_START_TIMEOUT, "")
-    except TimeoutError:
+    except AssertionError:
         stop_worker(worker)
         raise RuntimeError(f"the worker did not start:\n{worker.output()}") from None
 

@@ -112,6 +112,13 @@ def test_rq_stopped_job_is_cancelled(
 ) -> None:
     sent = queue.enqueue(rq_tasks.wait_forever)
     wait_for_status(http, sent.id, ["running"])
+    # The job reads `running` once the work horse opens its tracker, a moment before RQ
+    # records the worker that runs it; RQ refuses to stop a job with no worker recorded.
+    wait_until(
+        lambda: Job.fetch(sent.id, connection=rq_redis).worker_name,
+        10,
+        "RQ did not record the job's worker",
+    )
 
     send_stop_job_command(rq_redis, sent.id)
 

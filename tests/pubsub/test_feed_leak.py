@@ -6,6 +6,7 @@ import time
 
 import anyio
 import pytest
+import redis
 
 from pubsub.brokers.redis import RedisBroker
 from tests.conditions import eventually
@@ -20,12 +21,32 @@ def feed_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+@pytest.fixture
+def masters(request: pytest.FixtureRequest, feed_url: str) -> list[str]:
+    """The URL of every server the feed subscribes on."""
+    if request.node.callspec.params["feed_url"] == "redis":
+        return [feed_url]
+    return [node.url for node in request.getfixturevalue("redis_cluster").master_nodes()]
+
+
+def _server_channels(masters: list[str]) -> int:
+    """Sharded channels the servers hold subscribers for (`PUBSUB SHARDCHANNELS`)."""
+    held = 0
+    for url in masters:
+        client = redis.Redis.from_url(url)
+        try:
+            held += len(client.pubsub_shardchannels())
+        finally:
+            client.close()
+    return held
+
+
 async def _noop_gap(jobs: object) -> None:
     return None
 
 
 async def test_feed_subscribe_unsubscribe_20000_jobs_leaves_every_structure_as_before(
-    feed_url: str,
+    feed_url: str, masters: list[str]
 ) -> None:
     broker = RedisBroker(feed_url)
     try:
@@ -44,6 +65,7 @@ async def test_feed_subscribe_unsubscribe_20000_jobs_leaves_every_structure_as_b
                     for job_id in ids:
                         subscribers.start_soon(broker.subscribe, job_id)
                 during = broker.feed.footprint()
+                held = _server_channels(masters)
                 async with anyio.create_task_group() as leavers:
                     for job_id in ids:
                         leavers.start_soon(broker.unsubscribe, job_id)
@@ -52,11 +74,14 @@ async def test_feed_subscribe_unsubscribe_20000_jobs_leaves_every_structure_as_b
                 lambda: _footprint(broker), lambda f: f == before, 10, "every structure back"
             )
             assert broker.feed_up
+            left = _server_channels(masters)
             tg.cancel_scope.cancel()
     finally:
         await broker.aclose()
-    assert during["pubsub.shard_channels"] >= WAVE, "the footprint sees redis-py's sets"
+    assert during["channels"] >= WAVE, "the footprint sees the subscribed channels"
+    assert held >= WAVE, "the servers held them too"
     assert after == before
+    assert left == 0, "and the servers forgot them"
     print(f"\n{JOBS} subscribe+unsubscribe in {took:.1f} s; footprint {after}")
 
 
