@@ -3,6 +3,7 @@ who may ask to cancel a job (either, docs/api.md §9)."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable
@@ -26,16 +27,24 @@ def _bearer(request: Request) -> str | None:
 # A request a proxy relayed is not a loopback client, even when the proxy runs on this
 # machine (and its forwarding headers were not trusted): without a publish key, the
 # whole internet behind a local reverse proxy would otherwise be "loopback".
-FORWARDING_HEADERS: Final = ("forwarded", "x-forwarded-for", "x-real-ip")
+FORWARDING_HEADERS: Final = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 
 def _is_loopback(request: Request) -> bool:
     if request.client is None:
         return False
-    if any(name in request.headers for name in FORWARDING_HEADERS):
+    # The raw names, lowercase in ASGI: one pass, not a `Headers` lookup per name.
+    if any(name in FORWARDING_HEADERS for name, _ in request.scope["headers"]):
         return False
+    return _is_loopback_address(request.client.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback_address(host: str) -> bool:
+    # Parsed once per address, not on every write of a client (docs/performance.md:
+    # publish path); bounded, as the addresses come from the network.
     try:
-        return ipaddress.ip_address(request.client.host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 

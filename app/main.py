@@ -39,7 +39,7 @@ FEED_STARTUP_POLL: Final = 0.01
 
 
 def _routes() -> list[BaseRoute]:
-    # The GETs of `routes.HOT_ROUTES` are served by the hot lane before the router sees
+    # The routes of `routes.HOT_ROUTES` are served by the hot lane before the router sees
     # them (`app.lane`); they are in the table all the same (OpenAPI, HEAD, 405s).
     return routes.api_routes() + _dashboard()
 

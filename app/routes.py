@@ -1,4 +1,4 @@
-"""The hub's route table, and the few read routes the hot lane serves before it.
+"""The hub's route table, and the few hot routes the hot lane serves before it.
 
 The hot routes are the same `Route` objects the router holds, so that a path is spelled
 once: `app.lane` dispatches them, `app.limits` tells streams from other requests by them.
@@ -19,11 +19,13 @@ from progress_hub.openapi import openapi_schema
 ALL_EVENTS: Final = Route("/api/events", sse.all_events, methods=["GET"])
 JOB_EVENTS: Final = Route("/api/jobs/{job_id}/events", sse.job_events, methods=["GET"])
 JOB_SNAPSHOT: Final = Route("/api/jobs/{job_id}", polling.get_job, methods=["GET"])
+PUBLISH: Final = Route("/api/jobs/{job_id}/events", jobs.publish, methods=["POST"])
 
 STREAM_ROUTES: Final = (ALL_EVENTS, JOB_EVENTS)
 """The event-stream routes: past the connection limit they get a `retry:`, not a 503."""
-HOT_ROUTES: Final = (JOB_EVENTS, JOB_SNAPSHOT, ALL_EVENTS)
-"""The reads that carry nearly all of a hub's traffic (docs/performance.md, hot lane)."""
+HOT_ROUTES: Final = (JOB_EVENTS, JOB_SNAPSHOT, ALL_EVENTS, PUBLISH)
+"""The reads and the write that carry nearly all of a hub's traffic (docs/performance.md,
+hot lane; publish path)."""
 
 
 async def _no_such_endpoint(request: Request) -> Response:
@@ -45,7 +47,7 @@ def api_routes() -> list[BaseRoute]:
         JOB_SNAPSHOT,
         Route("/api/jobs/{job_id}", jobs.delete_job, methods=["DELETE"]),
         JOB_EVENTS,
-        Route("/api/jobs/{job_id}/events", jobs.publish, methods=["POST"]),
+        PUBLISH,
         Route("/api/jobs/{job_id}/cancel", jobs.cancel_job, methods=["POST"]),
         Route("/api/jobs/{job_id}/history", jobs.job_history, methods=["GET"]),
         Route("/api/jobs/{job_id}/result", jobs.job_result, methods=["GET"]),

@@ -9,6 +9,7 @@ and a delete each stay one atomic script.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 from collections import defaultdict
@@ -39,9 +40,15 @@ DELETE_SCRIPT: Final = _script("delete.lua")
 MILESTONE_SCRIPT: Final = _script("milestone.lua")
 
 
-def _slot_keys(job_id: str) -> list[bytes]:
+SLOT_KEYS_CACHED: Final = 4096
+"""Jobs whose script KEYS are kept built: those a hub is publishing to, as `KNOWN_RECORDS`
+in `pubsub.store` (docs/performance.md: publish path)."""
+
+
+@functools.lru_cache(maxsize=SLOT_KEYS_CACHED)
+def _slot_keys(job_id: str) -> tuple[bytes, ...]:
     """The KEYS of the commit and delete scripts, in their order, as bytes: redis-py
-    sends bytes as they are, the cheapest of its encodings (a publish packs 19)."""
+    sends bytes as they are, the cheapest of its encodings (a publish packs 21)."""
     part = keys.partition(job_id)
     names = [
         *keys.job_keys(job_id),
@@ -50,7 +57,7 @@ def _slot_keys(job_id: str) -> list[bytes]:
         keys.partition_channel(part),
         keys.live_key(part),
     ]
-    return [name.encode() for name in names]
+    return tuple(name.encode() for name in names)
 
 
 class RedisCommands:
@@ -66,7 +73,7 @@ class RedisCommands:
             raise ValueError(f"replicas must be 0 or more, got {replicas}")
         self._connector = connector
         self.replicas = replicas
-        self._commits = TickBatcher(self._send_commits)
+        self._commits = TickBatcher(self._send_commits, send_one=self._send_commit)
         self._reads = TickBatcher(self._send_reads)
 
     async def load(self, job_id: str) -> bytes | None:
@@ -119,6 +126,23 @@ class RedisCommands:
             return True, None
         return False, reply[1] if len(reply) > 1 else None
 
+    async def _send_commit(self, c: Commit) -> Any:
+        """A lone commit: its script as one command, not a pipeline of one, which costs
+        the client more (docs/performance.md: publish path)."""
+        if self.replicas:
+            # WAIT must follow the script on the script's own connection: a pipeline.
+            return (await self._send_commits([c]))[0]
+        client = await self._connector.client()
+        try:
+            try:
+                return await client.execute_command(*_commit_command(c))
+            except NoScriptError:  # the server restarted and forgot the script
+                await client.script_load(COMMIT_SCRIPT[0])
+                return await client.execute_command(*_commit_command(c))
+        except OUTAGE_ERRORS:
+            await self._refresh()  # as `_execute`: the retry finds a promoted replica
+            raise
+
     async def _send_commits(self, batch: list[Commit]) -> list[Any]:
         client = await self._connector.client()
         replies = await self._pipeline_commits(client, batch)
@@ -132,29 +156,10 @@ class RedisCommands:
 
     async def _pipeline_commits(self, client: Any, batch: list[Commit]) -> list[Any]:
         """The scripts of `batch`, pipelined, and each node's `WAIT` right behind them."""
-        sha = COMMIT_SCRIPT[1]
         pipe = client.pipeline(transaction=False)
         nodes: dict[str, ClusterNode | None] = {}
         for c in batch:
-            slot_keys = _slot_keys(c.job_id)
-            # By name: redis-py's cluster pipeline refuses its `evalsha` method (it cannot
-            # know that the script's keys share a slot); the command itself routes by key.
-            pipe.execute_command(
-                "EVALSHA",
-                sha,
-                len(slot_keys),
-                *slot_keys,
-                b"%d" % c.expected_seq,
-                c.record,
-                c.snapshot,
-                c.envelope,
-                b"%d" % c.ttl,
-                b"%d" % c.history_len,
-                c.result if c.result is not None else b"",
-                c.job_id.encode(),
-                repr(c.created_at).encode(),
-                repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
-            )
+            pipe.execute_command(*_commit_command(c))
             if self.replicas:
                 node = _node_of(client, keys.job_key(c.job_id))
                 nodes[node.name if node is not None else ""] = node
@@ -299,6 +304,29 @@ class RedisCommands:
             except NoScriptError:
                 await client.script_load(script[0])
                 return await client.evalsha(script[1], len(slot_keys), *slot_keys, *args)
+
+
+def _commit_command(c: Commit) -> tuple[Any, ...]:
+    """The `EVALSHA` of commit.lua for `c`, by name: redis-py's cluster pipeline refuses
+    its `evalsha` method (it cannot know that the script's keys share a slot); the command
+    itself routes by key, in a pipeline and alone."""
+    slot_keys = _slot_keys(c.job_id)
+    return (
+        "EVALSHA",
+        COMMIT_SCRIPT[1],
+        len(slot_keys),
+        *slot_keys,
+        b"%d" % c.expected_seq,
+        c.record,
+        c.snapshot,
+        c.envelope,
+        b"%d" % c.ttl,
+        b"%d" % c.history_len,
+        c.result if c.result is not None else b"",
+        c.job_id.encode(),
+        repr(c.created_at).encode(),
+        repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
+    )
 
 
 def _raised(replies: list[Any]) -> list[Any]:

@@ -16,8 +16,7 @@ checkout, so one restart costs no failed call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Final
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -69,13 +68,30 @@ def no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-@asynccontextmanager
-async def translated_outage() -> AsyncIterator[None]:
-    """Turn redis-py's connection failures into the domain's `BrokerUnavailable`."""
-    try:
-        yield
-    except OUTAGE_ERRORS as exc:
-        raise BrokerUnavailable(type(exc).__name__) from exc
+class OutageTranslation:
+    """Turn redis-py's connection failures into the domain's `BrokerUnavailable`.
+
+    A class, not `contextlib.asynccontextmanager`: every command of the hub passes through
+    one, and a generator-based one costs a generator per command (docs/performance.md:
+    publish path).
+    """
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, OUTAGE_ERRORS):
+            raise BrokerUnavailable(type(exc).__name__) from exc
+
+
+def translated_outage() -> OutageTranslation:
+    """Turn redis-py's connection failures met in the block into `BrokerUnavailable`."""
+    return OutageTranslation()
 
 
 def _plain(url: str) -> tuple[str, bool]:

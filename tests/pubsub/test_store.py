@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import msgspec
 import pytest
@@ -11,6 +13,7 @@ from pubsub.broker import open_broker
 from pubsub.errors import InvalidUpdate, JobTerminal, PayloadTooLarge
 from pubsub.events import ChunkRef, ChunksPatch, JobStatus, Update
 from pubsub.store import JobStore
+from tests.conftest import store_on
 
 
 async def test_store_concurrent_publishers_get_gapless_unique_seqs(store: JobStore) -> None:
@@ -53,6 +56,67 @@ async def test_store_concurrent_chunk_increments_stay_exact(store: JobStore) -> 
     assert (snapshot.chunks.completed, snapshot.chunks.total) == (40, 40)
     assert snapshot.message == "Processing chunk 40/40"
     assert snapshot.progress == 90  # the end of the chunks stage (5-90)
+
+
+@pytest.fixture(params=["server", "cluster"])
+def commit_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """The private Redis, then the private cluster (URL, is a cluster): a commit is sent
+    alone (one command) or in a batch (a pipeline), the same way on both."""
+    cluster = request.param == "cluster"
+    url: str = request.getfixturevalue("cluster_url" if cluster else "redis_url")
+    return url, cluster
+
+
+async def _forget_scripts(url: str, cluster: bool) -> None:
+    """SCRIPT FLUSH everywhere, as a restarted server would have forgotten them."""
+    if cluster:
+        nodes = redis.asyncio.RedisCluster.from_url(url)
+        try:
+            await nodes.execute_command("SCRIPT FLUSH", target_nodes=nodes.ALL_NODES)
+        finally:
+            await nodes.aclose()
+        return
+    server = redis.asyncio.Redis.from_url(url)
+    try:
+        await server.script_flush()
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.parametrize("forgotten", [False, True], ids=["loaded", "scripts-flushed"])
+async def test_store_commits_alone_and_in_batches(
+    commit_target: tuple[str, bool], forgotten: bool
+) -> None:
+    commit_url, cluster = commit_target
+    jobs = [f"batch-{n}" for n in range(12)]
+    async with store_on(commit_url) as store, store_on(commit_url) as other:
+        for job_id in jobs:
+            await store.create(job_id)
+        if forgotten:
+            await _forget_scripts(commit_url, cluster)
+        # Alone: one request at a time, each commit the only one of its tick.
+        for n in range(3):
+            assert (await store.publish(jobs[0], Update(message=f"alone {n}"))).seq == n + 2
+        # In a batch: every job's commit made in the same tick (one pipeline per node).
+        if forgotten:
+            await _forget_scripts(commit_url, cluster)
+        batch = await asyncio.gather(
+            *(store.publish(job_id, Update(message="together")) for job_id in jobs)
+        )
+        assert [snapshot.seq for snapshot in batch] == [5, *([2] * 11)]
+        # A stale guess (another store wrote since), alone and in a batch: one retry each.
+        await other.publish(jobs[0], Update(progress=10))
+        assert (await store.publish(jobs[0], Update(message="after"))).seq == 7
+        for job_id in jobs[1:]:
+            await other.publish(job_id, Update(progress=10))
+        stale = await asyncio.gather(
+            *(store.publish(job_id, Update(message="stale")) for job_id in jobs[1:])
+        )
+        assert [snapshot.seq for snapshot in stale] == [4] * 11
+        for job_id in jobs:
+            history = [msgspec.json.decode(raw) for raw in await store.history(job_id)]
+            assert [event["seq"] for event in history] == list(range(1, len(history) + 1))
+            assert history[-1]["progress"] == 10.0
 
 
 @pytest.mark.parametrize(
