@@ -74,7 +74,7 @@ class SubscriptionConnection(asyncio.Protocol):
         self.address = address
         """`host:port` or the socket's path: what error messages name (never the URL)."""
         self._on_push, self._on_error, self._on_lost = on_push, on_error, on_lost
-        self._reader = hiredis.Reader(replyError=ErrorReply)
+        self._parser = hiredis.Reader(replyError=ErrorReply)
         self._transport: asyncio.Transport | None = None
         self._handshake: list[Any] = []  # its replies
         self._pending: list[int] = []  # replies still due, per handshake command
@@ -203,7 +203,7 @@ class SubscriptionConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        reader = self._reader
+        reader = self._parser
         reader.feed(data)
         try:
             reply = reader.gets()
