@@ -37,7 +37,13 @@ from pubsub.backoff import Outage
 from pubsub.broker import OnGap, OnMessage
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
-from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, node_url, plain_url
+from pubsub.brokers.connect import (
+    OUTAGE_ERRORS,
+    Connector,
+    node_url,
+    plain_url,
+    translated_outage,
+)
 from pubsub.brokers.subscription import ErrorReply, SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
 
@@ -267,7 +273,8 @@ class ShardedFeed:
         await self._connector.client()
         cluster = self._connector.cluster
         if cluster is not None:
-            await cluster.nodes_manager.initialize()  # the slot map, read again
+            async with translated_outage():  # no node answers: RedisClusterException
+                await cluster.nodes_manager.initialize()  # the slot map, read again
             self._nodes = {f"{n.host}:{n.port}" for n in cluster.get_primaries()}
         else:
             self._nodes = {SINGLE_NODE}
