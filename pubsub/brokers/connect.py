@@ -162,6 +162,23 @@ def address_of(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or DEFAULT_PORT}"
 
 
+PLAIN_PROBE_TIMEOUT: Final = 1.0
+
+
+async def answers_plain_text(host: str, port: int) -> bool:
+    """True when `host:port` answers a plain-text `PING` as Redis does: the diagnosis of
+    a TLS handshake that never completed (a TLS client sent to a plain-text port)."""
+    try:
+        with anyio.fail_after(PLAIN_PROBE_TIMEOUT):
+            async with await anyio.connect_tcp(host, port) as stream:
+                await stream.send(b"PING\r\n")
+                reply = await stream.receive()
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+        return False
+    # `-NOAUTH`: a plain-text port that asks for a password first.
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
 def _plain(url: str) -> tuple[str, bool]:
     """The URL redis-py understands, and whether the scheme forces cluster mode."""
     parts = urlsplit(url)

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from progress_hub.embedded import EmbeddedServer
 from progress_hub.settings import Settings
 from pubsub import SyncTracker, Tracker
 from pubsub.brokers.redis import RedisBroker
@@ -31,7 +32,7 @@ from pubsub.events import Update
 from pubsub.store import JobStore
 from tests.cluster import ClusterNode, RedisCluster
 from tests.cluster_load import job_ids_by_master
-from tests.conditions import eventually
+from tests.conditions import eventually, wait_until
 from tests.hub import run_hub, spawn_hub
 from tests.streams import RawStream
 from tests.tls import make_certificates
@@ -68,6 +69,24 @@ def _shard_ports(node: ClusterNode) -> Iterator[tuple[int, dict[bytes, object]]]
         slots = shard[b"slots"]
         count = sum(high - low + 1 for low, high in zip(slots[::2], slots[1::2], strict=True))
         yield count, next(n for n in shard[b"nodes"] if n[b"role"] == b"master")
+
+
+def _announce(cluster: RedisCluster, node: ClusterNode, port: int) -> None:
+    """Make `node` announce `port` as its TLS port (its own port: as it was), and wait
+    until every node's `CLUSTER SLOTS` says so (the node applies it on its next cron
+    tick, the others hear it by gossip)."""
+    node.command("CONFIG", "SET", "cluster-announce-tls-port", 0 if port == node.port else port)
+    node_id = node.node_id().encode()
+
+    def announced() -> bool:
+        for other in cluster.nodes:
+            slots = other.command("CLUSTER", "SLOTS")
+            assert isinstance(slots, list)
+            if not any(entry[2][1] == port for entry in slots if entry[2][2] == node_id):
+                return False
+        return True
+
+    wait_until(announced, 10, f"{node.address} did not announce port {port}", 0.05)
 
 
 def _subscribers(node: ClusterNode) -> list[dict[str, str]]:
@@ -256,6 +275,36 @@ def test_tls_cluster_hub_trusting_another_ca_names_the_node_without_a_traceback(
         everything = "\n".join(lines) + ready.text + publish.text
         assert "Traceback" not in everything, everything
         assert "hunter2" not in everything and "ssl_ca_certs=" not in everything
+
+
+async def test_tls_cluster_node_announcing_a_plain_port_is_named_by_the_feed(
+    tls_cluster: RedisCluster, redis_server: EmbeddedServer
+) -> None:
+    cluster = tls_cluster
+    node = cluster.master_nodes()[2]
+    # What every node without `tls-cluster yes` does: tell TLS clients a plain-text port.
+    _announce(cluster, node, redis_server.port)
+    broker = RedisBroker(node.url)
+
+    async def on_gap(jobs: Collection[str | None]) -> None:
+        return None
+
+    async def repair_failures() -> list[str]:
+        return [e["detail"] for e in logs if e["event"] == "broker_feed_repair_failed"]
+
+    try:
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(broker.listen, lambda raw, _: None, on_gap)
+                failures = await eventually(repair_failures, bool, 15, "the failure told")
+                assert not broker.feed_up
+                tg.cancel_scope.cancel()
+    finally:
+        await broker.aclose()
+        _announce(cluster, node, node.port)
+        await anyio.to_thread.run_sync(cluster.wait_settled)
+    assert f"127.0.0.1:{redis_server.port} answers in plain text, not TLS" in failures[0]
+    assert "tls-cluster yes" in failures[0]
 
 
 async def test_tls_cluster_down_whole_and_back_the_feed_reconnects_over_tls(
