@@ -6,8 +6,10 @@ CA (`?ssl_ca_certs=`): `rediss://` at one master (cluster mode detected), and
 `rediss+cluster://` at another (forced). Jobs land on every master; they are created,
 published over HTTP and through the library (`Tracker.connect`, `SyncTracker.connect`)
 with the same URL, and read back as streams, the every-job stream, the job list and polls.
+The feed's connection to each master is checked to be at the TLS port the node announces.
 A URL that trusts another CA is refused at start, on `/readyz` and on a publish, in a
-sentence naming the node (tests/tls.py makes both CAs).
+sentence naming the node (tests/tls.py makes both CAs); a node that announces a plain-text
+port is named by the feed; the whole cluster down and back, the feed reconnects.
 """
 
 from __future__ import annotations
