@@ -145,12 +145,15 @@ class OutageTranslation:
             raise BrokerUnavailable(detail) from exc
 
 
-def translated_outage(address: str | None = None) -> OutageTranslation:
-    """Turn redis-py's connection failures met in the block into `BrokerUnavailable`;
-    `address`: the server's, which a failed TLS handshake's message names."""
+def translated_outage() -> OutageTranslation:
+    """Turn redis-py's connection failures met in the block into `BrokerUnavailable`."""
+    return OutageTranslation()
+
+
+def translated_outage_at(address: str) -> OutageTranslation:
+    """`translated_outage`, whose failed TLS handshake's message names `address`."""
     translation = OutageTranslation()
-    if address is not None:
-        translation.address = address
+    translation.address = address
     return translation
 
 
@@ -265,7 +268,7 @@ class Connector:
         if not self._forced:
             probe = server_client(self.url, pool=True)
             try:
-                async with translated_outage(address):
+                async with translated_outage_at(address):
                     info = await probe.info("cluster")
             except BaseException:
                 await probe.aclose()
@@ -276,7 +279,7 @@ class Connector:
         cluster = cluster_client(self.url)
         try:
             # An unreachable node is a RedisClusterException here: translated too.
-            async with translated_outage(address):
+            async with translated_outage_at(address):
                 await cluster.initialize()
         except BaseException:
             await cluster.aclose()

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
-from pubsub.brokers.connect import address_of, outage_detail, translated_outage
+from pubsub.brokers.connect import address_of, outage_detail, translated_outage_at
 from pubsub.errors import BrokerUnavailable
 
 
@@ -63,7 +63,7 @@ def test_outage_detail_names_the_cause_redis_py_chained(
 async def test_translated_outage_raises_broker_unavailable_naming_its_address() -> None:
     url = "rediss://user:secret@10.0.0.1:7000/0?ssl_ca_certs=/ca.crt"
     with pytest.raises(BrokerUnavailable) as raised:
-        async with translated_outage(address_of(url)):
+        async with translated_outage_at(address_of(url)):
             raise _cluster_unreachable(_during(RedisConnectionError("Error 1"), _unverified()))
     assert raised.value.detail == REFUSED
     assert "secret" not in str(raised.value)
