@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
 
-from pubsub.brokers.command_connection import Command, CommandConnection
+from pubsub.brokers.command_connection import COMMAND_TIMEOUT, Command, CommandConnection
 from pubsub.brokers.connect import Connector, node_url, plain_url
 from pubsub.brokers.endpoint import ErrorReply, Unanswered
 from pubsub.errors import BrokerUnavailable
@@ -65,10 +65,19 @@ class CommandRouter:
 
     Args:
         scripts: the (source, sha1) of every script sent by `EVALSHA`, for `NOSCRIPT`.
+        timeout: how long a call may wait for its replies before its connection is taken
+            as dead.
     """
 
-    def __init__(self, connector: Connector, *, scripts: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        scripts: Sequence[tuple[str, str]] = (),
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
         self._connector = connector
+        self._timeout = timeout
         self._sources = {sha: source for source, sha in scripts}
         self._connections: dict[str, CommandConnection] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -146,7 +155,8 @@ class CommandRouter:
             connection = self._connections.get(node)
             if connection is None or connection.closed:
                 try:
-                    connection = await CommandConnection.open(self._url(node))
+                    url = self._url(node)
+                    connection = await CommandConnection.open(url, timeout=self._timeout)
                 except (OSError, BrokerUnavailable):
                     await self._refresh()  # the node may be gone: the retry asks the map
                     raise
