@@ -58,6 +58,7 @@ class _Part:
     asking: bool = False
     connection: CommandConnection | None = None
     reply: asyncio.Future[list[Any]] | None = None
+    failed: Exception | None = None
 
 
 class CommandRouter:
@@ -89,8 +90,9 @@ class CommandRouter:
         `tail`, per command the reply of the `tail` sent right behind its node's commands
         on that node's connection (a `WAIT` covers what was written before it there).
 
-        Raises `Unanswered` when the one server's connection fails, `OSError` or
-        `BrokerUnavailable` when a node cannot be connected to."""
+        On one server, raises `Unanswered` when its connection fails, `OSError` or
+        `BrokerUnavailable` when it cannot be connected to; on a cluster, those are the
+        replies of the failed node's commands, in their places."""
         await self._connector.client()  # found once: one server or a cluster
         cluster = self._connector.cluster
         replies: list[Any] = [None] * len(commands)
@@ -100,28 +102,34 @@ class CommandRouter:
         else:
             parts = _route(cluster, range(len(commands)), commands)
         for rounds in range(REDIRECTIONS + 1):
-            for part in parts:  # every connection first: a failure leaves nothing in flight
-                part.connection = await self._connection(part.node)
+            # Every connection first, then every write, then every reply: one round trip.
             for part in parts:
-                assert part.connection is not None
-                part.reply = part.connection.send(_batch(commands, part, tail))
+                try:
+                    part.connection = await self._connection(part.node)
+                except (OSError, BrokerUnavailable) as exc:
+                    if cluster is None:
+                        raise
+                    part.failed = exc  # that node's commands fail, the others go on
+            for part in parts:
+                if part.connection is not None:
+                    part.reply = part.connection.send(_batch(commands, part, tail))
             moved: list[int] = []
             asked: dict[str, list[int]] = {}
             lost = False
             for part in parts:
                 try:
                     got, behind = await self._answers(commands, part, tail)
-                except Unanswered as exc:
+                except (Unanswered, OSError, BrokerUnavailable) as exc:
                     if cluster is None:
                         raise
-                    lost = True
+                    lost = True  # lost or unreachable: nothing of it is sent again
                     got, behind = [exc] * len(part.indices), exc
                 for i, value in zip(part.indices, got, strict=True):
                     replies[i] = value
                     if tail is not None:
                         tails[i] = behind
                     if type(value) is ErrorReply:
-                        words = str(value).split()
+                        words = str(value).split() or [""]
                         if words[0] == "MOVED":
                             moved.append(i)
                         elif words[0] == "ASK" and len(words) == 3:
@@ -154,12 +162,8 @@ class CommandRouter:
         async with lock:  # callers of one moment share one new connection
             connection = self._connections.get(node)
             if connection is None or connection.closed:
-                try:
-                    url = self._url(node)
-                    connection = await CommandConnection.open(url, timeout=self._timeout)
-                except (OSError, BrokerUnavailable):
-                    await self._refresh()  # the node may be gone: the retry asks the map
-                    raise
+                url = self._url(node)
+                connection = await CommandConnection.open(url, timeout=self._timeout)
                 self._connections[node] = connection
             return connection
 
@@ -175,6 +179,8 @@ class CommandRouter:
     ) -> tuple[list[Any], Any]:
         """A part's replies and its tail's, its scripts loaded and sent again where the
         server did not know them (`NOSCRIPT`: refused, nothing ran)."""
+        if part.failed is not None:
+            raise part.failed
         assert part.reply is not None and part.connection is not None
         got, behind = _split(await part.reply, part, tail)
         missing = [k for k, value in enumerate(got) if _noscript(value)]

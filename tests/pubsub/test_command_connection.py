@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 import redis.asyncio as redis
+from redis.crc import key_slot
 
 from progress_hub.embedded import EmbeddedServer
 from pubsub.brokers.command_connection import CommandConnection
@@ -166,6 +167,37 @@ async def test_command_router_sends_each_command_to_its_keys_master(
         assert (await router.execute(gets))[0] == [name.encode() for name in names]
         waits, behind = await router.execute(gets, tail=(b"WAIT", b"0", b"100"))
         assert waits == [name.encode() for name in names] and len(behind) == 30
+    finally:
+        await router.aclose()
+        await connector.aclose()
+
+
+async def test_command_router_follows_ask_while_a_slot_moves_and_moved_after(
+    breakable_cluster: RedisCluster,
+) -> None:
+    cluster = breakable_cluster
+    connector = Connector(cluster.url)
+    router = CommandRouter(connector)
+    names = ["{test:moving}a", "{test:moving}b"]  # one slot
+    gets = [(name, (b"GET", name)) for name in names]
+    values = [name.encode() for name in names]
+    split: list[list[object]] = []
+
+    def between_keys() -> None:  # one key moved, the other not yet: one of them is ASKed
+        if not split:
+            split.append(anyio.from_thread.run(router.execute, gets)[0])
+
+    try:
+        assert (await router.execute([(n, (b"SET", n, n)) for n in names]))[0] == [b"OK"] * 2
+        slot = key_slot(names[0].encode())
+        source = cluster.master_of_slot(slot)
+        target = next(node for node in cluster.master_nodes() if node is not source)
+        await anyio.to_thread.run_sync(cluster.move_slot, slot, target, between_keys)
+        assert split == [values], "ASK followed while the slot was split"
+        # The router's slot map still says `source`: MOVED, read again, sent to `target`.
+        assert (await router.execute(gets))[0] == values
+        node = connector.cluster.get_node_from_key(names[0]) if connector.cluster else None
+        assert node is not None and node.port == target.port
     finally:
         await router.aclose()
         await connector.aclose()
