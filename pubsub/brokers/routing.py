@@ -82,6 +82,8 @@ class CommandRouter:
         self._sources = {sha: source for source, sha in scripts}
         self._connections: dict[str, CommandConnection] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._found = False
+        self._cluster: RedisCluster | None = None
 
     async def execute(
         self, commands: Sequence[Routed], *, tail: Command | None = None
@@ -93,22 +95,21 @@ class CommandRouter:
         On one server, raises `Unanswered` when its connection fails, `OSError` or
         `BrokerUnavailable` when it cannot be connected to; on a cluster, those are the
         replies of the failed node's commands, in their places."""
-        await self._connector.client()  # found once: one server or a cluster
-        cluster = self._connector.cluster
+        if not self._found:
+            await self._connector.client()  # found once: one server or a cluster
+            self._cluster, self._found = self._connector.cluster, True
+        cluster = self._cluster  # kept: redis-py's RedisCluster makes isinstance slow
+        if cluster is None:
+            return await self._on_server(commands, tail)
         replies: list[Any] = [None] * len(commands)
         tails: list[Any] = [None] * len(commands) if tail is not None else []
-        if cluster is None:
-            parts = [_Part(SINGLE, list(range(len(commands))))]
-        else:
-            parts = _route(cluster, range(len(commands)), commands)
+        parts = _route(cluster, range(len(commands)), commands)
         for rounds in range(REDIRECTIONS + 1):
             # Every connection first, then every write, then every reply: one round trip.
             for part in parts:
                 try:
                     part.connection = await self._connection(part.node)
                 except (OSError, BrokerUnavailable) as exc:
-                    if cluster is None:
-                        raise
                     part.failed = exc  # that node's commands fail, the others go on
             for part in parts:
                 if part.connection is not None:
@@ -120,8 +121,6 @@ class CommandRouter:
                 try:
                     got, behind = await self._answers(commands, part, tail)
                 except (Unanswered, OSError, BrokerUnavailable) as exc:
-                    if cluster is None:
-                        raise
                     lost = True  # lost or unreachable: nothing of it is sent again
                     got, behind = [exc] * len(part.indices), exc
                 for i, value in zip(part.indices, got, strict=True):
@@ -136,16 +135,28 @@ class CommandRouter:
                             asked.setdefault(words[2], []).append(i)
             if lost or moved:
                 await self._refresh()
-            if cluster is None or not (moved or asked) or rounds == REDIRECTIONS:
+            if not (moved or asked) or rounds == REDIRECTIONS:
                 break
             parts = [
                 *_route(cluster, moved, commands),
                 *(_Part(node, indices, asking=True) for node, indices in asked.items()),
             ]
-        for i, value in enumerate(replies):
-            if type(value) is ErrorReply and str(value).split(" ", 1)[0] in OUTAGE_REPLIES:
-                replies[i] = BrokerUnavailable(str(value))
+        _translate(replies)
         return replies, tails
+
+    async def _on_server(
+        self, commands: Sequence[Routed], tail: Command | None
+    ) -> tuple[list[Any], list[Any]]:
+        """`execute` on one server: one connection, no routing (the common case, and the
+        publish path's: docs/performance.md, "Publish path")."""
+        connection = self._connections.get(SINGLE)
+        if connection is None or connection.closed:
+            connection = await self._connection(SINGLE)
+        part = _Part(SINGLE, list(range(len(commands))), connection=connection)
+        part.reply = connection.send(_batch(commands, part, tail))
+        replies, behind = await self._answers(commands, part, tail)
+        _translate(replies)
+        return replies, [behind] * len(commands) if tail is not None else []
 
     async def aclose(self) -> None:
         """Close every connection."""
@@ -183,6 +194,11 @@ class CommandRouter:
             raise part.failed
         assert part.reply is not None and part.connection is not None
         got, behind = _split(await part.reply, part, tail)
+        for value in got:
+            if type(value) is ErrorReply:
+                break
+        else:
+            return got, behind  # the usual case: no error reply at all
         missing = [k for k, value in enumerate(got) if _noscript(value)]
         if not missing:
             return got, behind
@@ -214,6 +230,13 @@ def _route(
             part = parts[node.name] = _Part(node.name, [])
         part.indices.append(i)
     return list(parts.values())
+
+
+def _translate(replies: list[Any]) -> None:
+    """Error replies of a cluster in motion, as `BrokerUnavailable` in their places."""
+    for i, value in enumerate(replies):
+        if type(value) is ErrorReply and str(value).split(" ", 1)[0] in OUTAGE_REPLIES:
+            replies[i] = BrokerUnavailable(str(value))
 
 
 def _batch(commands: Sequence[Routed], part: _Part, tail: Command | None) -> list[Command]:
