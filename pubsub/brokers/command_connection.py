@@ -36,12 +36,11 @@ from typing import Any, Final, cast
 
 import hiredis
 
-from pubsub.brokers.endpoint import Endpoint, ErrorReply, Unanswered
+from pubsub.brokers.endpoint import Endpoint, ErrorReply, Unanswered, close
 from pubsub.errors import BrokerUnavailable
 
 CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 3.0
-CLOSE_TIMEOUT: Final = 1.0
 
 Command = Sequence[bytes | str | int | float]
 
@@ -134,16 +133,9 @@ class CommandConnection(asyncio.Protocol):
 
     async def aclose(self) -> None:
         """Close the connection (TLS says goodbye) and wait until it is closed."""
-        transport = self._transport
         self._fail(Unanswered(f"the command connection to {self.address} was closed"))
-        if transport is None:
-            return
-        transport.close()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await asyncio.shield(self._closed)
-        except TimeoutError:
-            transport.abort()
+        if self._transport is not None:
+            await close(self._transport, self._closed)
 
     def _expire(self) -> None:
         """The watch on the oldest batch: past its deadline, the server is taken as dead

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from redis.asyncio.connection import parse_url
 
 DEFAULT_PORT: Final = 6379
+CLOSE_TIMEOUT: Final = 1.0
 CERT_REQS: Final = {
     "none": ssl.CERT_NONE,
     "optional": ssl.CERT_OPTIONAL,
@@ -98,6 +99,17 @@ class Endpoint:
         """What a `BrokerUnavailable` says when the handshake was refused: the server's
         sentence (WRONGPASS, NOAUTH, NOPERM ...), which names no secret."""
         return f"{self.address} refused the {connection} connection: {str(reply).rstrip('.')}"
+
+
+async def close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
+    """Close `transport` (TLS says goodbye) and wait for `closed` (set by the protocol's
+    `connection_lost`), at most `CLOSE_TIMEOUT` seconds; then drop it."""
+    transport.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await asyncio.shield(closed)
+    except TimeoutError:
+        transport.abort()
 
 
 def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:

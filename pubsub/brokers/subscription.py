@@ -35,11 +35,10 @@ from typing import Any, Final, cast
 
 import hiredis
 
-from pubsub.brokers.endpoint import Endpoint, ErrorReply
+from pubsub.brokers.endpoint import Endpoint, ErrorReply, close
 from pubsub.errors import BrokerUnavailable
 
 CONNECT_TIMEOUT: Final = 5.0
-CLOSE_TIMEOUT: Final = 1.0
 
 OnPush = Callable[[list[Any]], None]
 OnError = Callable[["ErrorReply"], None]
@@ -132,14 +131,8 @@ class SubscriptionConnection(asyncio.Protocol):
     async def aclose(self) -> None:
         """Close the connection (TLS says goodbye) and wait until it is closed."""
         self._closing = True
-        if self._transport is None:
-            return
-        self._transport.close()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await asyncio.shield(self._closed)
-        except TimeoutError:
-            self._transport.abort()
+        if self._transport is not None:
+            await close(self._transport, self._closed)
 
     def _send(self, command: bytes, arguments: Iterable[bytes]) -> None:
         if self.closed:
