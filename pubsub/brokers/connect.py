@@ -35,6 +35,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pubsub.brokers.endpoint import Unanswered
 from pubsub.errors import BrokerUnavailable
 
 CONNECT_TIMEOUT: Final = 2.0
@@ -69,7 +70,7 @@ def no_retry() -> Retry:
 
 
 class OutageTranslation:
-    """Turn redis-py's connection failures into the domain's `BrokerUnavailable`.
+    """Turn connection failures (redis-py's, our connections') into `BrokerUnavailable`.
 
     A class, not `contextlib.asynccontextmanager`: every command of the hub passes through
     one, and a generator-based one costs a generator per command (docs/performance.md:
@@ -86,11 +87,14 @@ class OutageTranslation:
         tb: TracebackType | None,
     ) -> None:
         if isinstance(exc, OUTAGE_ERRORS):
-            raise BrokerUnavailable(type(exc).__name__) from exc
+            # Our own connections' failures name the address (`endpoint.Unanswered`);
+            # redis-py's may carry more than that, so they give their kind only.
+            detail = str(exc) if isinstance(exc, Unanswered) else type(exc).__name__
+            raise BrokerUnavailable(detail) from exc
 
 
 def translated_outage() -> OutageTranslation:
-    """Turn redis-py's connection failures met in the block into `BrokerUnavailable`."""
+    """Turn connection failures met in the block into `BrokerUnavailable`."""
     return OutageTranslation()
 
 

@@ -38,7 +38,8 @@ from pubsub.broker import OnGap, OnMessage
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, node_url, plain_url
-from pubsub.brokers.subscription import ErrorReply, SubscriptionConnection
+from pubsub.brokers.endpoint import ErrorReply
+from pubsub.brokers.subscription import SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
 
 log = structlog.get_logger(__name__)
