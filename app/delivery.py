@@ -78,12 +78,15 @@ class Delivery:
 
     @staticmethod
     def _every_job(channel: Channel, kind: EventKind, snapshot: Snapshot, data: bytes) -> None:
-        name = b"deleted" if kind is EventKind.DELETED else b"progress"
-        frame = frames.event(name, data)
+        deleted = kind is EventKind.DELETED
+        frame = frames.event(b"deleted" if deleted else b"progress", data)
+        # Queued with its seq, which a dashboard's opening read may cover
+        # (`Mailbox.drop_covered`); a deletion never is: it must always arrive.
+        seq = 0 if deleted else snapshot.seq
         delivered = 0
         for mailbox in channel.mailboxes:
             if mailbox.wants(snapshot.job_id):
-                mailbox.push(snapshot.job_id, frame)
+                mailbox.push(snapshot.job_id, frame, seq=seq)
                 delivered += 1
         metrics.EVENTS_DELIVERED.inc(delivered)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -53,7 +54,15 @@ class Mailbox:
     def start_after(self, seq: int) -> None:
         """Resume live delivery after `seq`: drop what was queued up to it while loading."""
         self.last_seq = max(self.last_seq, seq)
-        self._frames = [item for item in self._frames if item[1] == 0 or item[1] > seq]
+        self.drop_covered({self.job_id or "": seq})
+
+    def drop_covered(self, seqs: Mapping[str, int]) -> None:
+        """Drop the queued events that an opening read covers: those of a job whose
+        snapshot there (`seqs`, by job id) is as new. Frames without a seq always stay."""
+        if self._frames:
+            self._frames = [
+                item for item in self._frames if item[1] == 0 or item[1] > seqs.get(item[0], 0)
+            ]
 
     def close(self) -> None:
         """End the stream after what is already queued."""

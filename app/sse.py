@@ -209,7 +209,7 @@ async def all_events(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async with fanout.subscribe(None, jobs=jobs, expires_at=_expiry(claims)) as mailbox:
-                yield await _dashboard_opening(store, jobs, settings)
+                yield await _dashboard_opening(store, mailbox, jobs, settings)
                 while (batch := await mailbox.next_frames()) is not None:
                     yield batch
         except BrokerUnavailable:
@@ -219,14 +219,18 @@ async def all_events(request: Request) -> Response:
     return HubStream(body(), send_timeout=settings.send_timeout)
 
 
-async def _dashboard_opening(store: JobStore, jobs: list[str], settings: Settings) -> bytes:
+async def _dashboard_opening(
+    store: JobStore, mailbox: Mailbox, jobs: list[str], settings: Settings
+) -> bytes:
     """An every-job stream's first write: the snapshots of its jobs (the named ones that
-    exist, or the newest `MAX_DASHBOARD_JOBS`)."""
+    exist, or the newest `MAX_DASHBOARD_JOBS`). Read once subscribed, so events queued
+    meanwhile that these snapshots already show are dropped, not sent twice."""
     if jobs:
         # A narrowing filter may name jobs that do not exist (yet), or cannot exist.
         snapshots = await store.get_many([job_id for job_id in jobs if is_valid_job_id(job_id)])
     else:
         snapshots = await store.list_jobs(limit=MAX_DASHBOARD_JOBS)
+    mailbox.drop_covered({s.job_id: s.seq for s in snapshots})
     return frames.retry(settings.retry_ms) + b"".join(
         frames.event(b"snapshot", ENCODER.encode(s)) for s in snapshots
     )

@@ -274,7 +274,9 @@ class JobStore:
         """Jobs newest first, optionally only those in `status`; prunes expired ids."""
         wanted = set(status)
         found: list[Snapshot] = []
-        start, page = 0, max(limit * 2, 100)
+        # Unfiltered, a page of `limit` ids suffices unless some expired; a status filter
+        # skips some, so it reads ahead (each page is one pipelined read per node).
+        start, page = 0, max(limit * 2 if wanted else limit, 100)
         while len(found) < limit:
             ids = await self.broker.recent_jobs(start, start + page - 1)
             if not ids:

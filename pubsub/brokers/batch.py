@@ -21,21 +21,10 @@ class TickBatcher(Generic[T]):
     round trip's failure. A task, not the first caller, so that a caller cancelled
     meanwhile takes nobody's reply with it. The pool checkout and the socket write are
     then paid once per batch (docs/performance.md: polling, publish).
-
-    Args:
-        send_one: sends a batch of one (the usual case for one request at a time) and
-            returns its reply, for a cheaper command than a pipeline of one
-            (docs/performance.md: publish path); None: `send` sends every batch.
     """
 
-    def __init__(
-        self,
-        send: Callable[[list[T]], Awaitable[list[Any]]],
-        *,
-        send_one: Callable[[T], Awaitable[Any]] | None = None,
-    ) -> None:
+    def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]]) -> None:
         self._send = send
-        self._send_one = send_one
         self._batch: list[tuple[T, asyncio.Future[Any]]] | None = None
         self._senders: set[asyncio.Task[None]] = set()  # referenced until done
 
@@ -56,10 +45,7 @@ class TickBatcher(Generic[T]):
     async def _send_batch(self) -> None:
         batch, self._batch = self._batch or [], None
         try:
-            if len(batch) == 1 and self._send_one is not None:
-                replies = [await self._send_one(batch[0][0])]
-            else:
-                replies = await self._send([item for item, _ in batch])
+            replies = await self._send([item for item, _ in batch])
         except Exception as exc:
             for _, reply in batch:
                 if not reply.done():  # done: its caller was cancelled meanwhile

@@ -1,7 +1,9 @@
 """The Redis broker's commands: commits, reads, the job index and milestones.
 
-Built on redis-py's public API only: pipelines and `EVALSHA` through the client, which on
-a cluster routes each command by its key's slot (`pubsub.brokers.connect`). The key layout
+The hot commands, commits and record reads, go on our own connections
+(`pubsub.brokers.routing`, docs/performance.md "Publish path"); the others on redis-py's
+public API: pipelines and `EVALSHA` through the client, which on a cluster routes each
+command by its key's slot (`pubsub.brokers.connect`). The key layout
 is `pubsub.brokers.keys`: every key of a job, its partition's index and both channels its
 events go to share one slot, so a commit (seq, record, history, index entry, `SPUBLISH`)
 and a delete each stay one atomic script.
@@ -17,13 +19,14 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final, cast
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from pubsub.broker import Commit, MilestoneStep
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
+from pubsub.brokers.routing import CommandRouter
 from pubsub.errors import BrokerUnavailable
 
 REPLICA_WAIT_MS: Final = 1000
@@ -47,8 +50,8 @@ in `pubsub.store` (docs/performance.md: publish path)."""
 
 @functools.lru_cache(maxsize=SLOT_KEYS_CACHED)
 def _slot_keys(job_id: str) -> tuple[bytes, ...]:
-    """The KEYS of the commit and delete scripts, in their order, as bytes: redis-py
-    sends bytes as they are, the cheapest of its encodings (a publish packs 21)."""
+    """The KEYS of the commit and delete scripts, in their order, as bytes: built once
+    per job, packed as they are."""
     part = keys.partition(job_id)
     names = [
         *keys.job_keys(job_id),
@@ -73,7 +76,12 @@ class RedisCommands:
             raise ValueError(f"replicas must be 0 or more, got {replicas}")
         self._connector = connector
         self.replicas = replicas
-        self._commits = TickBatcher(self._send_commits, send_one=self._send_commit)
+        # The hot commands on our own connections (docs/performance.md, "Publish path"):
+        # commits on one connection per node, reads on another, so that a read never
+        # waits behind a commit's `WAIT` for slow replicas.
+        self._commits_router = CommandRouter(connector, scripts=[COMMIT_SCRIPT])
+        self._reads_router = CommandRouter(connector)
+        self._commits = TickBatcher(self._send_commits)
         self._reads = TickBatcher(self._send_reads)
 
     async def load(self, job_id: str) -> bytes | None:
@@ -94,12 +102,9 @@ class RedisCommands:
         return cast(list[bytes | None], records)
 
     async def _send_reads(self, fields: list[tuple[str, str]]) -> list[Any]:
-        """HGET of each (key, field), pipelined (one round trip per node)."""
-        client = await self._connector.client()
-        pipe = client.pipeline(transaction=False)
-        for key, name in fields:
-            pipe.hget(key, name)
-        return await self._execute(pipe)
+        """HGET of each (key, field), on our connections (one round trip per node)."""
+        reads = [(key, (b"HGET", key, name)) for key, name in fields]
+        return (await self._reads_router.execute(reads))[0]
 
     async def _execute(self, pipe: Any) -> list[Any]:
         """Run a pipeline, errors in their replies' places; a node that failed has the
@@ -126,69 +131,20 @@ class RedisCommands:
             return True, None
         return False, reply[1] if len(reply) > 1 else None
 
-    async def _send_commit(self, c: Commit) -> Any:
-        """A lone commit: its script as one command, not a pipeline of one, which costs
-        the client more (docs/performance.md: publish path)."""
-        if self.replicas:
-            # WAIT must follow the script on the script's own connection: a pipeline.
-            return (await self._send_commits([c]))[0]
-        client = await self._connector.client()
-        try:
-            try:
-                return await client.execute_command(*_commit_command(c))
-            except NoScriptError:  # the server restarted and forgot the script
-                await client.script_load(COMMIT_SCRIPT[0])
-                return await client.execute_command(*_commit_command(c))
-        except OUTAGE_ERRORS:
-            await self._refresh()  # as `_execute`: the retry finds a promoted replica
-            raise
-
     async def _send_commits(self, batch: list[Commit]) -> list[Any]:
-        client = await self._connector.client()
-        replies = await self._pipeline_commits(client, batch)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:  # the server restarted and forgot the script: load it, send those again
-            await client.script_load(COMMIT_SCRIPT[0])
-            again = await self._pipeline_commits(client, [batch[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _pipeline_commits(self, client: Any, batch: list[Commit]) -> list[Any]:
-        """The scripts of `batch`, pipelined, and each node's `WAIT` right behind them."""
-        pipe = client.pipeline(transaction=False)
-        nodes: dict[str, ClusterNode | None] = {}
-        for c in batch:
-            pipe.execute_command(*_commit_command(c))
-            if self.replicas:
-                node = _node_of(client, keys.job_key(c.job_id))
-                nodes[node.name if node is not None else ""] = node
-        # WAIT covers every write made before it on its connection: one per node, behind
-        # that node's scripts (a pipeline sends one node's commands on one connection).
-        waits: list[str] = []
-        for name, node in nodes.items():
-            if node is None:
-                pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
-            else:
-                pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS, target_nodes=node)
-            waits.append(name)
-        replies = await self._execute(pipe)
-        scripts, confirmed = replies[: len(batch)], replies[len(batch) :]
-        if not waits:
-            return scripts
-        short = {
-            name
-            for name, count in zip(waits, confirmed, strict=True)
-            if not _enough(count, self.replicas)
-        }
-        if not short:
-            return scripts
+        """The scripts of `batch` on our connections, and, with `replicas`, each node's
+        `WAIT` right behind them on the same connection (it covers every write made before
+        it there)."""
+        commands = [(_slot_keys(c.job_id)[0], _commit_command(c)) for c in batch]
+        if not self.replicas:
+            return (await self._commits_router.execute(commands))[0]
+        wait = (b"WAIT", b"%d" % self.replicas, b"%d" % REPLICA_WAIT_MS)
+        scripts, confirmed = await self._commits_router.execute(commands, tail=wait)
         # Written on the master but not confirmed by enough replicas: not acknowledged
         # (docs/api.md §8). The caller's retry finds the write there, or redoes it.
         unconfirmed = BrokerUnavailable(f"fewer than {self.replicas} replicas confirmed in time")
-        for i, c in enumerate(batch):
-            node = _node_of(client, keys.job_key(c.job_id))
-            if (node.name if node is not None else "") in short and _committed(scripts[i]):
+        for i, count in enumerate(confirmed):
+            if _committed(scripts[i]) and not _enough(count, self.replicas):
                 scripts[i] = unconfirmed
         return scripts
 
@@ -293,6 +249,11 @@ class RedisCommands:
             else:
                 await client.ping()
 
+    async def aclose(self) -> None:
+        """Close our own connections (redis-py's are the connector's)."""
+        await self._commits_router.aclose()
+        await self._reads_router.aclose()
+
     async def _eval(
         self, script: tuple[str, str], slot_keys: Sequence[str | bytes], args: list[Any]
     ) -> Any:
@@ -307,9 +268,7 @@ class RedisCommands:
 
 
 def _commit_command(c: Commit) -> tuple[Any, ...]:
-    """The `EVALSHA` of commit.lua for `c`, by name: redis-py's cluster pipeline refuses
-    its `evalsha` method (it cannot know that the script's keys share a slot); the command
-    itself routes by key, in a pipeline and alone."""
+    """The `EVALSHA` of commit.lua for `c`, as `hiredis.pack_command` takes it."""
     slot_keys = _slot_keys(c.job_id)
     return (
         "EVALSHA",
@@ -335,10 +294,6 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
-
-
-def _node_of(client: Any, key: str) -> ClusterNode | None:
-    return client.get_node_from_key(key) if isinstance(client, RedisCluster) else None
 
 
 def _enough(count: Any, wanted: int) -> bool:

@@ -42,6 +42,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pubsub.brokers.endpoint import Unanswered
 from pubsub.errors import BrokerUnavailable
 
 CONNECT_TIMEOUT: Final = 2.0
@@ -107,7 +108,8 @@ def tls_refusal(exc: BaseException, address: str) -> str | None:
 def outage_detail(exc: BaseException, address: str | None = None) -> str | None:
     """The detail of the `BrokerUnavailable` for `exc`, or None when `exc` is no outage.
 
-    A connection failure is named by its type (`ConnectionError`), a failed TLS
+    A connection failure of redis-py's is named by its type (`ConnectionError`), one of
+    ours by its message (`endpoint.Unanswered`: the address), a failed TLS
     handshake by `tls_refusal`; redis-py's cluster client reports an unreachable cluster
     as a `RedisClusterException` raised from the connection failure, named by that."""
     chain = _chain(exc)
@@ -118,11 +120,16 @@ def outage_detail(exc: BaseException, address: str | None = None) -> str | None:
         if cause is None:
             return None  # a refusal of our own making (keys of two slots, say)
         exc = cause
-    return tls_refusal(exc, address or "the broker") or type(exc).__name__
+    refusal = tls_refusal(exc, address or "the broker")
+    if refusal is not None:
+        return refusal
+    # Our own connections' failures name the address (`endpoint.Unanswered`); redis-py's
+    # may carry more than that, so they give their kind only.
+    return str(exc) if isinstance(exc, Unanswered) else type(exc).__name__
 
 
 class OutageTranslation:
-    """Turn redis-py's connection failures into the domain's `BrokerUnavailable`.
+    """Turn connection failures (redis-py's, our connections') into `BrokerUnavailable`.
 
     A class, not `contextlib.asynccontextmanager`: every command of the hub passes through
     one, and a generator-based one costs a generator per command (docs/performance.md:
@@ -146,7 +153,7 @@ class OutageTranslation:
 
 
 def translated_outage() -> OutageTranslation:
-    """Turn redis-py's connection failures met in the block into `BrokerUnavailable`."""
+    """Turn connection failures met in the block into `BrokerUnavailable`."""
     return OutageTranslation()
 
 

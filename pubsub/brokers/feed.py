@@ -49,7 +49,8 @@ from pubsub.brokers.connect import (
     tls_refusal,
     translated_outage,
 )
-from pubsub.brokers.subscription import ErrorReply, SubscriptionConnection
+from pubsub.brokers.endpoint import ErrorReply
+from pubsub.brokers.subscription import SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
 
 log = structlog.get_logger(__name__)

@@ -107,4 +107,5 @@ class RedisBroker:
         await self.feed.unsubscribe(job_id)
 
     async def aclose(self) -> None:
+        await self.commands.aclose()
         await self._connector.aclose()

@@ -11,12 +11,9 @@ callback, synchronously: no task, future or await per message. Commands are writ
 
 The connection owns all of it, end to end:
 
-- **URL.** Parsed by redis-py (`redis.asyncio.connection.parse_url`), so a URL means here
-  what it means to the broker's command client: `redis://[[user]:password@]host[:port]`,
-  `rediss://` (TLS; the documented `ssl_*` options of redis-py's `SSLConnection` as query
-  arguments, with its defaults: certificate and host name checked), `unix://path`, and
-  `client_name` (sent as `CLIENT SETNAME`). The database number is accepted and not sent:
-  pub/sub ignores it (a message published from any database reaches every subscriber).
+- **URL.** As `pubsub.brokers.endpoint` reads it (shared with the command connection).
+  The database number is accepted and not sent: pub/sub ignores it (a message published
+  from any database reaches every subscriber).
 - **Handshake.** `AUTH [user] password`, `CLIENT SETNAME`, then `SUBSCRIBE` of the
   channels given, pipelined, and their replies awaited under a deadline. RESP2, not
   `HELLO 3`: in RESP2 every reply in subscribed mode is an array whose first element says
@@ -33,38 +30,19 @@ Tested on its own in `tests/pubsub/test_subscription.py`.
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
 
 import hiredis
-from redis.asyncio.connection import parse_url
 
+from pubsub.brokers.endpoint import Endpoint, ErrorReply, close
 from pubsub.errors import BrokerUnavailable
 
 CONNECT_TIMEOUT: Final = 5.0
-CLOSE_TIMEOUT: Final = 1.0
-DEFAULT_PORT: Final = 6379
-CERT_REQS: Final = {
-    "none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED,
-}
 
 OnPush = Callable[[list[Any]], None]
 OnError = Callable[["ErrorReply"], None]
 OnLost = Callable[[Exception], None]
-
-
-class ErrorReply(Exception):
-    """An error reply of the server, e.g. `MOVED 1234 127.0.0.1:7001`."""
-
-    @property
-    def slot(self) -> int | None:
-        """The slot a `MOVED` redirection names; None for any other error."""
-        words = str(self).split()
-        return int(words[1]) if len(words) == 3 and words[0] == "MOVED" else None
 
 
 class SubscriptionConnection(asyncio.Protocol):
@@ -96,19 +74,9 @@ class SubscriptionConnection(asyncio.Protocol):
         """Connect to `url`, authenticate, `SUBSCRIBE` to `subscribe`; raises
         `BrokerUnavailable` (naming the address) when the server refuses the handshake,
         `OSError` when it cannot be reached in `timeout` seconds."""
-        options: Mapping[str, Any] = parse_url(url)
-        scheme = urlsplit(url).scheme
-        path = options.get("path") if scheme == "unix" else None
-        host, port = str(options.get("host", "localhost")), int(options.get("port", DEFAULT_PORT))
-        address = path or f"{host}:{port}"
-        loop = asyncio.get_running_loop()
-        connection = cls(address, on_push, on_error, on_lost)
-        commands: list[tuple[Any, ...]] = []
-        if options.get("password") is not None:
-            user = (options["username"],) if options.get("username") else ()
-            commands.append((b"AUTH", *user, options["password"]))
-        if options.get("client_name"):
-            commands.append((b"CLIENT", b"SETNAME", options["client_name"]))
+        endpoint = Endpoint.of(url, select=False)
+        connection = cls(endpoint.address, on_push, on_error, on_lost)
+        commands: list[tuple[Any, ...]] = list(endpoint.handshake)
         connection._pending = [1] * len(commands)
         channels = list(subscribe)
         if channels:  # one reply per channel (or one error for the command)
@@ -118,11 +86,7 @@ class SubscriptionConnection(asyncio.Protocol):
             connection._ready.set_result(None)  # nothing to wait for: ready once connected
         try:
             async with asyncio.timeout(timeout):
-                if path is not None:
-                    await loop.create_unix_connection(lambda: connection, path)
-                else:
-                    context = tls_context(options) if scheme == "rediss" else None
-                    await loop.create_connection(lambda: connection, host, port, ssl=context)
+                await endpoint.connect(lambda: connection)
                 connection._write(b"".join(hiredis.pack_command(c) for c in commands))
                 if connection._pending:
                     await asyncio.shield(connection._ready)
@@ -132,9 +96,7 @@ class SubscriptionConnection(asyncio.Protocol):
         for reply in connection._handshake:
             if isinstance(reply, ErrorReply):
                 connection.abort()
-                # The server's sentence (WRONGPASS, NOAUTH, NOPERM ...) names no secret.
-                said = str(reply).rstrip(".")
-                raise BrokerUnavailable(f"{address} refused the subscription connection: {said}")
+                raise BrokerUnavailable(endpoint.refusal("subscription", reply))
         return connection
 
     @property
@@ -169,14 +131,8 @@ class SubscriptionConnection(asyncio.Protocol):
     async def aclose(self) -> None:
         """Close the connection (TLS says goodbye) and wait until it is closed."""
         self._closing = True
-        if self._transport is None:
-            return
-        self._transport.close()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await asyncio.shield(self._closed)
-        except TimeoutError:
-            self._transport.abort()
+        if self._transport is not None:
+            await close(self._transport, self._closed)
 
     def _send(self, command: bytes, arguments: Iterable[bytes]) -> None:
         if self.closed:
@@ -235,42 +191,3 @@ class SubscriptionConnection(asyncio.Protocol):
         self._closing = True
         self._on_lost(exc)
 
-
-def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
-    """The TLS context of redis-py's documented `ssl_*` options, with its defaults."""
-    unknown = {
-        name for name in options if name.startswith("ssl_") and name not in TLS_OPTIONS
-    }
-    if unknown:
-        raise ValueError(f"TLS options not supported by the feed: {sorted(unknown)}")
-    reqs = options.get("ssl_cert_reqs", "required")
-    if isinstance(reqs, str) and reqs not in CERT_REQS:
-        raise ValueError(f"ssl_cert_reqs must be one of {sorted(CERT_REQS)}, got {reqs!r}")
-    verify = CERT_REQS[reqs] if isinstance(reqs, str) else ssl.VerifyMode(reqs)
-    context = ssl.create_default_context()
-    context.check_hostname = verify != ssl.CERT_NONE and options.get("ssl_check_hostname", True)
-    context.verify_mode = verify
-    for flag in options.get("ssl_include_verify_flags") or ():
-        context.verify_flags |= flag
-    for flag in options.get("ssl_exclude_verify_flags") or ():
-        context.verify_flags &= ~flag
-    if options.get("ssl_certfile") or options.get("ssl_keyfile"):
-        context.load_cert_chain(
-            options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password")
-        )
-    cafile, capath = options.get("ssl_ca_certs"), options.get("ssl_ca_path")
-    cadata = options.get("ssl_ca_data")
-    if cafile or capath or cadata:
-        context.load_verify_locations(cafile, capath, cadata)
-    if options.get("ssl_min_version") is not None:
-        context.minimum_version = ssl.TLSVersion(options["ssl_min_version"])
-    if options.get("ssl_ciphers"):
-        context.set_ciphers(options["ssl_ciphers"])
-    return context
-
-
-TLS_OPTIONS: Final = frozenset(
-    {"ssl_cert_reqs", "ssl_check_hostname", "ssl_include_verify_flags",
-     "ssl_exclude_verify_flags", "ssl_certfile", "ssl_keyfile", "ssl_password",
-     "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_min_version", "ssl_ciphers"}
-)  # fmt: skip

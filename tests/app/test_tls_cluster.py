@@ -142,8 +142,7 @@ async def test_tls_cluster_hub_and_library_carry_jobs_of_every_master(
                 for stream in streams:
                     first = await stream.next_event(timeout=5)
                     assert first is not None and (first.event, first.seq) == ("snapshot", 1)
-                # Its opening snapshots first: they are read while live events queue, and
-                # may be newer than the first of those (a race of /api/events on any broker).
+                # Its opening snapshots, each job at seq 1: nothing is published before.
                 opening = [await firehose.next_event(timeout=5) for _ in every_job]
                 assert sorted(
                     (f.event, json.loads(f.data)["job_id"], json.loads(f.data)["seq"])

@@ -91,6 +91,25 @@ async def test_store_mark_stalled_flags_every_silent_job_not_only_the_newest(
         await broker.aclose()
 
 
+async def test_store_list_jobs_reads_only_the_records_it_returns(redis_url: str) -> None:
+    """An unfiltered list of N reads N records (the dashboard's opening lists 500), not a
+    page ahead: counted by the server's own command statistics."""
+    broker = open_broker(redis_url)
+    store = JobStore(broker)
+    server = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(160):
+            await store.create(f"listed-{i}")
+        server.config_resetstat()
+        listed = await store.list_jobs(limit=120)
+        assert [s.job_id for s in listed] == [f"listed-{i}" for i in range(159, 39, -1)]
+        reads = server.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
+        assert reads == 120, f"{reads} HGETs to list 120 jobs"
+    finally:
+        server.close()
+        await broker.aclose()
+
+
 async def test_store_mark_stalled_reads_only_jobs_that_can_stall(redis_url: str) -> None:
     """A sweep's reads follow the quiet live jobs, not every job kept (finished ones stay
     for their retention): counted by the server's own command statistics."""

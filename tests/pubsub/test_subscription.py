@@ -14,7 +14,8 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 
 from progress_hub.embedded import EmbeddedServer
-from pubsub.brokers.subscription import ErrorReply, SubscriptionConnection
+from pubsub.brokers.endpoint import ErrorReply
+from pubsub.brokers.subscription import SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
 from tests.cluster import RedisCluster
 from tests.conditions import eventually

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -182,12 +183,15 @@ def test_sync_tracker_used_after_a_fork_raises_instead_of_hanging(redis_url: str
             except RuntimeError:
                 os._exit(0)
             os._exit(1)
-        deadline = time.monotonic() + 10
-        while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
+        # The child's end, waited for on its pidfd (readable once it exits), under a deadline.
+        exited = os.pidfd_open(pid)
+        try:
+            if not select.select([exited], [], [], 10)[0]:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 raise AssertionError("the child's tracker call hung")
-            time.sleep(0.01)
+        finally:
+            os.close(exited)
+        reaped = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(reaped[1]) == 0, "the child's call did not raise"
         job.message("the parent's tracker still works")
