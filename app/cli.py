@@ -25,6 +25,7 @@ from progress_hub.main import create_app
 from progress_hub.settings import ENV_PREFIX, HELP, Settings, comma_list
 from progress_hub.shutdown import HubServer, ShutdownNotice
 from pubsub.broker import unreachable_hint
+from pubsub.brokers.connect import SCHEMES, address_of, plain_url, tls_refusal
 
 log = structlog.get_logger(__name__)
 
@@ -183,15 +184,14 @@ def broker_problem(url: str) -> str | None:
     """Why the broker at `url` cannot be used right now, or None when it answers PING.
 
     Said before "serving on", so that a wrong URL is found at start and not from the 503s
-    that follow (the hub serves anyway and connects when the broker comes up).
+    that follow (the hub serves anyway and connects when the broker comes up). A cluster
+    URL is checked at the node it names: any node answers PING itself.
     """
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix", "valkey"):
-        return None  # memory:// needs nothing; cluster URLs are checked by the hub itself
-    client_url = "redis" + url[len("valkey") :] if scheme == "valkey" else url
+    if urlsplit(url).scheme not in SCHEMES:
+        return None  # memory:// needs nothing
     try:
         client = redis.Redis.from_url(
-            client_url,
+            plain_url(url),
             socket_connect_timeout=BROKER_CHECK_TIMEOUT,
             socket_timeout=BROKER_CHECK_TIMEOUT,
         )
@@ -200,10 +200,9 @@ def broker_problem(url: str) -> str | None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        return (
-            f"the broker does not answer ({type(exc).__name__}): {unreachable_hint(url)} "
-            "Serving anyway; /readyz answers 503 until it does."
-        )
+        tls = tls_refusal(exc, address_of(url))
+        why = f": {tls}." if tls else f" ({type(exc).__name__}): {unreachable_hint(url)}"
+        return f"the broker does not answer{why} Serving anyway; /readyz answers 503 until it does."
     finally:
         client.close()
     return None

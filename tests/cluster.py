@@ -6,6 +6,10 @@ The servers are the binary the other tests use (`progress_hub.embedded.find_serv
 failover takes seconds; `redis-cli --cluster create` (or `valkey-cli`) joins them. The
 cluster bus port is chosen free as well (`--cluster-port`), because `port + 10000` may not
 be. Every process is ours: stopped by its PID at the end, killed with its parent.
+
+With `tls` (certificates of tests/tls.py's CA) every node listens with TLS only (`port 0`,
+`tls-port`, `tls-cluster yes`, `tls-replication yes`): clients, the cluster bus, replication
+and `--cluster create` all speak TLS, and each node announces its TLS port.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from pathlib import Path
 
 import redis
 
-from progress_hub.embedded import EmbeddedServer, find_server_binary, free_port
+from progress_hub.embedded import (
+    EmbeddedServer,
+    ServerCertificates,
+    find_server_binary,
+    free_port,
+)
 from tests.conditions import wait_until
 
 SETTLE_TIMEOUT = 30.0
@@ -64,7 +73,7 @@ class ClusterNode:
 
     @property
     def url(self) -> str:
-        """Its URL (any node's URL names the whole cluster)."""
+        """Its URL (any node's URL names the whole cluster; `rediss://` on a TLS cluster)."""
         return self.server.url
 
     @property
@@ -73,8 +82,8 @@ class ClusterNode:
         return f"127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        """A plain (non-cluster) client of this one node; close it after use."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        """A non-cluster client of this one node (TLS on a TLS cluster); close it after use."""
+        return self.server.client(socket_timeout=5)
 
     def command(self, *args: str | int | bytes) -> object:
         """Run one command on this node alone."""
@@ -149,6 +158,7 @@ class RedisCluster:
     masters: int = 3
     replicas: int = 1
     node_timeout_ms: int = 1000
+    tls: ServerCertificates | None = None
     nodes: list[ClusterNode] = field(default_factory=list)
     workdir: Path | None = None
 
@@ -170,7 +180,9 @@ class RedisCluster:
             for index in range(self.masters * (1 + self.replicas)):
                 node_dir = self.workdir / str(index)
                 node_dir.mkdir()
-                server = EmbeddedServer(binary=binary, extra_args=self._args(node_dir))
+                server = EmbeddedServer(
+                    binary=binary, extra_args=self._args(node_dir), tls=self.tls
+                )
                 server.start()
                 self.nodes.append(ClusterNode(server))
             self._create(find_cli_binary(binary))
@@ -182,7 +194,8 @@ class RedisCluster:
         return self
 
     def _args(self, node_dir: Path) -> list[str]:
-        return [
+        tls = ["--tls-cluster", "yes", "--tls-replication", "yes"] if self.tls else []
+        return tls + [
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(node_dir / "nodes.conf"),
             "--cluster-node-timeout", str(self.node_timeout_ms),
@@ -197,8 +210,9 @@ class RedisCluster:
     def _create(self, cli: str) -> None:
         """`redis-cli --cluster create`: the first `masters` nodes get the slots."""
         addresses = [node.address for node in self.nodes]
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
         result = subprocess.run(
-            [cli, "--cluster", "create", *addresses]
+            [cli, *tls, "--cluster", "create", *addresses]
             + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True,
             timeout=SETTLE_TIMEOUT,
@@ -215,7 +229,8 @@ class RedisCluster:
         node_dir = self.workdir / str(len(self.nodes))
         node_dir.mkdir()
         binary = self.nodes[0].server.binary
-        node = ClusterNode(EmbeddedServer(binary=binary, extra_args=self._args(node_dir)))
+        server = EmbeddedServer(binary=binary, extra_args=self._args(node_dir), tls=self.tls)
+        node = ClusterNode(server)
         node.server.start()
         self.nodes.append(node)
         master_id = master.node_id()
@@ -427,10 +442,15 @@ class RedisCluster:
 
 @contextmanager
 def running_cluster(
-    masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+    masters: int = 3,
+    replicas: int = 1,
+    node_timeout_ms: int = 1000,
+    tls: ServerCertificates | None = None,
 ) -> Iterator[RedisCluster]:
     """A cluster for the block: `with running_cluster() as cluster: ... cluster.url`."""
-    cluster = RedisCluster(masters=masters, replicas=replicas, node_timeout_ms=node_timeout_ms)
+    cluster = RedisCluster(
+        masters=masters, replicas=replicas, node_timeout_ms=node_timeout_ms, tls=tls
+    )
     cluster.start()
     try:
         yield cluster

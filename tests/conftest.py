@@ -18,7 +18,7 @@ from pubsub.store import JobStore
 from tests.cluster import RedisCluster, running_cluster
 from tests.hub import ThreadHub, run_hub
 from tests.machine import machine_share
-from tests.tls import TlsServer, require_passwords, start_tls_server
+from tests.tls import TlsServer, make_certificates, require_passwords, start_tls_server
 
 # CI runs every test: a test that skips there (no Chromium, no node) fails the run, so a
 # broken CI image cannot pass by testing less. Locally a skip stays a skip, and
@@ -106,6 +106,15 @@ def redis_cluster() -> Iterator[RedisCluster]:
     Tests that break it (kill a node) take `breakable_cluster`, which mends it after them.
     """
     with running_cluster(masters=3, replicas=1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A private cluster that speaks TLS only (3 masters, no replicas; tests/cluster.py),
+    its certificates from a test CA: started for the module that asks, stopped after it."""
+    certificates = make_certificates(tmp_path_factory.mktemp("tls-cluster"))
+    with running_cluster(masters=3, replicas=0, tls=certificates) as cluster:
         yield cluster
 
 

@@ -13,24 +13,16 @@ from urllib.parse import quote
 
 import redis
 
-from progress_hub.embedded import EmbeddedServer, free_port
+from progress_hub.embedded import EmbeddedServer, ServerCertificates, free_port
 
 PASSWORD = "s3cret pass"  # a space: the URL must quote it
 ACL_USER = "feeder"
 ACL_PASSWORD = "feeder-pass"
 
 
-@dataclass(frozen=True)
-class Certificates:
-    """A CA and a server certificate it signed, for 127.0.0.1 and localhost."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_certificates(directory: Path) -> Certificates:
-    """A throwaway CA and a server certificate signed by it, in `directory`."""
+def make_certificates(directory: Path) -> ServerCertificates:
+    """A throwaway CA and a server certificate signed by it (for 127.0.0.1 and
+    localhost), in `directory`."""
     ca, ca_key = directory / "ca.crt", directory / "ca.key"
     cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
     ext = directory / "server.ext"
@@ -43,7 +35,7 @@ def make_certificates(directory: Path) -> Certificates:
          "-out", cert, "-days", "2", "-extfile", ext],
     ):  # fmt: skip
         subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-    return Certificates(ca=ca, cert=cert, key=key)
+    return ServerCertificates(ca=ca, cert=cert, key=key)
 
 
 @dataclass
@@ -52,7 +44,7 @@ class TlsServer:
 
     server: EmbeddedServer
     tls_port: int
-    certificates: Certificates
+    certificates: ServerCertificates
 
     @property
     def url(self) -> str:

@@ -12,10 +12,16 @@ on the schedule of `pubsub.backoff`: the publisher's queue, the subscription fee
 answers 503 + Retry-After. Redirections (MOVED, ASK) are followed: they are refusals,
 nothing ran. Pooled connections a restarted server closed are replaced by redis-py at
 checkout, so one restart costs no failed call.
+
+A TLS handshake that fails (the server's certificate not signed by `ssl_ca_certs`, a
+plain-text port) is an outage like a refused connection, whose `BrokerUnavailable` says
+so, naming the address (`tls_refusal`): that is what `/readyz`, a refused publish and
+`progress-hub serve` at start show (tests/app/test_tls_cluster.py).
 """
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Final
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -29,6 +35,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MasterDownError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -58,6 +65,7 @@ OUTAGE_ERRORS: Final = (
     TryAgainError,
     SlotNotCoveredError,
 )
+DEFAULT_PORT: Final = 6379
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SCHEMES: Final = ("redis", "rediss", "unix", "valkey", *CLUSTER_SCHEMES)
 
@@ -69,6 +77,57 @@ def no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def tls_refusal(exc: BaseException, address: str) -> str | None:
+    """What went wrong, in a sentence naming `address`, when a TLS handshake failed
+    behind `exc` (redis-py wraps it in a `ConnectionError`); None for any other error."""
+    error = next((e for e in _chain(exc) if isinstance(e, ssl.SSLError)), None)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"the TLS certificate of {address} was refused ({error.verify_message}): "
+            "ssl_ca_certs in the broker URL must name the CA that signed it, and the URL a "
+            "host it was made for"
+        )
+    if error is not None:
+        return (
+            f"the TLS handshake with {address} failed ({error.reason or error}): does it "
+            "listen with TLS on that port?"
+        )
+    return None
+
+
+def outage_detail(exc: BaseException, address: str | None = None) -> str | None:
+    """The detail of the `BrokerUnavailable` for `exc`, or None when `exc` is no outage.
+
+    A connection failure of redis-py's is named by its type (`ConnectionError`), one of
+    ours by its message (`endpoint.Unanswered`: the address), a failed TLS
+    handshake by `tls_refusal`; redis-py's cluster client reports an unreachable cluster
+    as a `RedisClusterException` raised from the connection failure, named by that."""
+    chain = _chain(exc)
+    if not isinstance(exc, OUTAGE_ERRORS):
+        if not isinstance(exc, RedisClusterException):
+            return None
+        cause = next((e for e in chain[1:] if isinstance(e, OUTAGE_ERRORS)), None)
+        if cause is None:
+            return None  # a refusal of our own making (keys of two slots, say)
+        exc = cause
+    refusal = tls_refusal(exc, address or "the broker")
+    if refusal is not None:
+        return refusal
+    # Our own connections' failures name the address (`endpoint.Unanswered`); redis-py's
+    # may carry more than that, so they give their kind only.
+    return str(exc) if isinstance(exc, Unanswered) else type(exc).__name__
+
+
 class OutageTranslation:
     """Turn connection failures (redis-py's, our connections') into `BrokerUnavailable`.
 
@@ -76,6 +135,9 @@ class OutageTranslation:
     one, and a generator-based one costs a generator per command (docs/performance.md:
     publish path).
     """
+
+    address: str | None = None
+    """The server's `host:port`, for a failed TLS handshake's message, when known."""
 
     async def __aenter__(self) -> None:
         return None
@@ -86,16 +148,45 @@ class OutageTranslation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if isinstance(exc, OUTAGE_ERRORS):
-            # Our own connections' failures name the address (`endpoint.Unanswered`);
-            # redis-py's may carry more than that, so they give their kind only.
-            detail = str(exc) if isinstance(exc, Unanswered) else type(exc).__name__
+        if exc is not None and (detail := outage_detail(exc, self.address)) is not None:
             raise BrokerUnavailable(detail) from exc
 
 
 def translated_outage() -> OutageTranslation:
     """Turn connection failures met in the block into `BrokerUnavailable`."""
     return OutageTranslation()
+
+
+def translated_outage_at(address: str) -> OutageTranslation:
+    """`translated_outage`, whose failed TLS handshake's message names `address`."""
+    translation = OutageTranslation()
+    translation.address = address
+    return translation
+
+
+def address_of(url: str) -> str:
+    """The `host:port` (or socket path) a broker URL names: what messages may show."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or DEFAULT_PORT}"
+
+
+PLAIN_PROBE_TIMEOUT: Final = 1.0
+
+
+async def answers_plain_text(host: str, port: int) -> bool:
+    """True when `host:port` answers a plain-text `PING` as Redis does: the diagnosis of
+    a TLS handshake that never completed (a TLS client sent to a plain-text port)."""
+    try:
+        with anyio.fail_after(PLAIN_PROBE_TIMEOUT):
+            async with await anyio.connect_tcp(host, port) as stream:
+                await stream.send(b"PING\r\n")
+                reply = await stream.receive()
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+        return False
+    # `-NOAUTH`: a plain-text port that asks for a password first.
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
 def _plain(url: str) -> tuple[str, bool]:
@@ -180,10 +271,11 @@ class Connector:
             return self._client
 
     async def _find(self) -> Client:
+        address = address_of(self.url)
         if not self._forced:
             probe = server_client(self.url, pool=True)
             try:
-                async with translated_outage():
+                async with translated_outage_at(address):
                     info = await probe.info("cluster")
             except BaseException:
                 await probe.aclose()
@@ -192,8 +284,13 @@ class Connector:
                 return probe
             await probe.aclose()
         cluster = cluster_client(self.url)
-        async with translated_outage():
-            await cluster.initialize()
+        try:
+            # An unreachable node is a RedisClusterException here: translated too.
+            async with translated_outage_at(address):
+                await cluster.initialize()
+        except BaseException:
+            await cluster.aclose()
+            raise
         return cluster
 
     async def refresh(self) -> None:

@@ -22,10 +22,12 @@ Redis dropped those channels from it, and nothing of ours lists them any more.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -37,7 +39,16 @@ from pubsub.backoff import Outage
 from pubsub.broker import OnGap, OnMessage
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
-from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, node_url, plain_url
+from pubsub.brokers.connect import (
+    OUTAGE_ERRORS,
+    Connector,
+    address_of,
+    answers_plain_text,
+    node_url,
+    plain_url,
+    tls_refusal,
+    translated_outage,
+)
 from pubsub.brokers.endpoint import ErrorReply
 from pubsub.brokers.subscription import SubscriptionConnection
 from pubsub.errors import BrokerUnavailable
@@ -268,7 +279,8 @@ class ShardedFeed:
         await self._connector.client()
         cluster = self._connector.cluster
         if cluster is not None:
-            await cluster.nodes_manager.initialize()  # the slot map, read again
+            async with translated_outage():  # no node answers: RedisClusterException
+                await cluster.nodes_manager.initialize()  # the slot map, read again
             self._nodes = {f"{n.host}:{n.port}" for n in cluster.get_primaries()}
         else:
             self._nodes = {SINGLE_NODE}
@@ -290,14 +302,17 @@ class ShardedFeed:
             host, _, port = node.rpartition(":")
             url = node_url(url, host, int(port))
         shard = _Shard(node=node)
-        shard.connection = await SubscriptionConnection.open(
-            url,
-            on_push=partial(self._dispatch, shard),
-            on_error=partial(self._refused, shard),
-            on_lost=partial(self._lost, shard),
-            subscribe=[CONTROL_CHANNEL],
-            timeout=SUBSCRIBE_TIMEOUT,
-        )
+        try:
+            shard.connection = await SubscriptionConnection.open(
+                url,
+                on_push=partial(self._dispatch, shard),
+                on_error=partial(self._refused, shard),
+                on_lost=partial(self._lost, shard),
+                subscribe=[CONTROL_CHANNEL],
+                timeout=SUBSCRIBE_TIMEOUT,
+            )
+        except (TimeoutError, ssl.SSLError) as exc:
+            raise BrokerUnavailable(await _failed_open(url, node, exc)) from exc
         self._shards[node] = shard
         assert self._tg is not None
         self._tg.start_soon(self._probe, shard)
@@ -388,6 +403,23 @@ class ShardedFeed:
         self._shards.pop(shard.node, None)
         shard.scope.cancel()
         await shard.connection.aclose()
+
+
+async def _failed_open(url: str, node: str, exc: TimeoutError | ssl.SSLError) -> str:
+    """Why a subscription connection to `node` failed, naming it. A TLS handshake with a
+    plain-text port never completes or fails at once, by the bytes the port answers; a
+    cluster without `tls-cluster yes` announces those to TLS clients
+    (tests/app/test_tls_cluster.py)."""
+    parts = urlsplit(url)
+    where = node if node != SINGLE_NODE else address_of(url)
+    if parts.scheme == "rediss" and parts.hostname and parts.port:
+        if await answers_plain_text(parts.hostname, parts.port):
+            return (
+                f"{where} answers in plain text, not TLS: a cluster tells TLS clients its "
+                "nodes' TLS ports only with tls-cluster yes on every node"
+            )
+    refusal = tls_refusal(exc, where)
+    return refusal or f"{where} did not answer within {SUBSCRIBE_TIMEOUT:g} s"
 
 
 def _channels(job_id: str | None) -> list[bytes]:
