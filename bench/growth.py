@@ -38,7 +38,7 @@ from bench.procs import Server, flush_redis
 from bench.report import Report, Row, attempt
 from bench.scenarios import Context
 from bench.targets import HubTarget
-from pubsub.brokers.commands import SLOT_KEYS_CACHED
+from pubsub.brokers.slotkeys import SLOT_KEYS_CACHED
 from pubsub.store import KNOWN_RECORDS
 
 CONCURRENCY = 64

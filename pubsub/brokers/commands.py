@@ -9,7 +9,6 @@ and a delete each stay one atomic script.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 from collections import defaultdict
@@ -24,6 +23,7 @@ from pubsub.broker import Commit, MilestoneStep
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
+from pubsub.brokers.slotkeys import SlotKeys
 from pubsub.errors import BrokerUnavailable
 
 REPLICA_WAIT_MS: Final = 1000
@@ -40,24 +40,9 @@ DELETE_SCRIPT: Final = _script("delete.lua")
 MILESTONE_SCRIPT: Final = _script("milestone.lua")
 
 
-SLOT_KEYS_CACHED: Final = 4096
-"""Jobs whose script KEYS are kept built: those a hub is publishing to, as `KNOWN_RECORDS`
-in `pubsub.store` (docs/performance.md: publish path)."""
-
-
-@functools.lru_cache(maxsize=SLOT_KEYS_CACHED)
-def _slot_keys(job_id: str) -> tuple[bytes, ...]:
-    """The KEYS of the commit and delete scripts, in their order, as bytes: redis-py
-    sends bytes as they are, the cheapest of its encodings (a publish packs 21)."""
-    part = keys.partition(job_id)
-    names = [
-        *keys.job_keys(job_id),
-        keys.index_key(part),
-        keys.job_channel(job_id),
-        keys.partition_channel(part),
-        keys.live_key(part),
-    ]
-    return tuple(name.encode() for name in names)
+SLOT_KEYS: Final = SlotKeys()
+"""The KEYS of the jobs this process publishes to (one table per process, as a job's keys
+are the same on every connection)."""
 
 
 class RedisCommands:
@@ -207,7 +192,7 @@ class RedisCommands:
         return cast(bytes | None, stored)
 
     async def delete(self, job_id: str, envelope: bytes) -> bool:
-        slot_keys = _slot_keys(job_id)
+        slot_keys = SLOT_KEYS.take(job_id)
         existed = await self._eval(DELETE_SCRIPT, slot_keys, [envelope, job_id])
         return bool(existed)
 
@@ -310,7 +295,7 @@ def _commit_command(c: Commit) -> tuple[Any, ...]:
     """The `EVALSHA` of commit.lua for `c`, by name: redis-py's cluster pipeline refuses
     its `evalsha` method (it cannot know that the script's keys share a slot); the command
     itself routes by key, in a pipeline and alone."""
-    slot_keys = _slot_keys(c.job_id)
+    slot_keys = SLOT_KEYS.take(c.job_id) if c.final else SLOT_KEYS.get(c.job_id)
     return (
         "EVALSHA",
         COMMIT_SCRIPT[1],
