@@ -325,7 +325,7 @@ async def run(args: argparse.Namespace) -> Report:
         if built:
             await regimes.regime_rows(ctx, report, console, chosen)
         if "growth" in chosen and built:
-            await growth.growth_rows(ctx, report, console)
+            await growth.growth_rows(ctx, report, console, args.growth_jobs, args.growth_streams)
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
         if "cluster" in chosen and built:
@@ -385,6 +385,20 @@ def main() -> None:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the tutorial app")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
+    parser.add_argument(
+        "--growth-jobs",
+        type=int,
+        default=growth.MEASURED_JOBS,
+        help="jobs the growth scenario follows after its warm-up, RSS read every "
+        f"{growth.READING_EVERY:,}; past {growth.MEASURED_JOBS:,}, a second row gives the "
+        f"growth over the last {growth.MEASURED_JOBS:,}",
+    )
+    parser.add_argument(
+        "--growth-streams",
+        type=int,
+        default=0,
+        help="also this many streams to one finished job (per connection, no new job)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",

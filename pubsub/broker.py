@@ -41,6 +41,8 @@ class Commit:
     quiet_since: float | None = None
     """When the job was last updated, if it can stall (queued or running, not flagged):
     its place in the stall sweep's index; None takes it out."""
+    final: bool = False
+    """The job ends with this commit: a broker keeps nothing of it for a next one."""
 
 
 @dataclass(frozen=True, slots=True)

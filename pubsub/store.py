@@ -58,7 +58,8 @@ PRUNE_BATCH: Final = 100
 # Each failed compare-and-set means another writer got in first; past this many the job
 # is under a write storm no publisher should be part of.
 MAX_COMMIT_ATTEMPTS: Final = 200
-# Records this store committed last, kept to save a read on the next publish of the job.
+# Records this store committed last, kept to save a read on the next publish of the job;
+# only jobs still running (a finished one is dropped with its last commit).
 KNOWN_RECORDS: Final = 4096
 # Jobs read (or scanned for stalls) per round trip.
 READ_BATCH: Final = 500
@@ -157,7 +158,11 @@ class JobStore:
             if committed:
                 # No log line here: this is the hot path of every worker, and an
                 # unconfigured structlog prints every level (the hub counts publishes).
-                self._remember(merged)
+                if not merged.snapshot.is_terminal:
+                    self._remember(merged)
+                # A finished job's record is not kept: it would save no read (a publish
+                # to it reloads, above) and would hold every finished job up to the
+                # bound (docs/performance.md, growth per job).
                 return merged.snapshot
             cached = None
             record = RECORD_DECODER.decode(current) if current else None
@@ -192,8 +197,8 @@ class JobStore:
             del known[next(iter(known))]  # the least recently published
 
     def footprint(self) -> dict[str, int]:
-        """The size of the store's one per-job structure, its record cache (at most
-        `KNOWN_RECORDS`)."""
+        """The size of the store's one per-job structure, its record cache (jobs still
+        running, at most `KNOWN_RECORDS`)."""
         return {"store.known_records": len(self._known)}
 
     async def seq(self, job_id: str) -> int:
@@ -391,6 +396,7 @@ class JobStore:
                 if snapshot.status in STALLABLE_STATUSES and not snapshot.stalled
                 else None
             ),
+            final=snapshot.is_terminal,
         )
 
 

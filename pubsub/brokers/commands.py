@@ -11,7 +11,6 @@ and a delete each stay one atomic script.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 from collections import defaultdict
@@ -27,6 +26,7 @@ from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
 from pubsub.brokers.routing import CommandRouter
+from pubsub.brokers.slotkeys import SlotKeys
 from pubsub.errors import BrokerUnavailable
 
 REPLICA_WAIT_MS: Final = 1000
@@ -43,24 +43,9 @@ DELETE_SCRIPT: Final = _script("delete.lua")
 MILESTONE_SCRIPT: Final = _script("milestone.lua")
 
 
-SLOT_KEYS_CACHED: Final = 4096
-"""Jobs whose script KEYS are kept built: those a hub is publishing to, as `KNOWN_RECORDS`
-in `pubsub.store` (docs/performance.md: publish path)."""
-
-
-@functools.lru_cache(maxsize=SLOT_KEYS_CACHED)
-def _slot_keys(job_id: str) -> tuple[bytes, ...]:
-    """The KEYS of the commit and delete scripts, in their order, as bytes: built once
-    per job, packed as they are."""
-    part = keys.partition(job_id)
-    names = [
-        *keys.job_keys(job_id),
-        keys.index_key(part),
-        keys.job_channel(job_id),
-        keys.partition_channel(part),
-        keys.live_key(part),
-    ]
-    return tuple(name.encode() for name in names)
+SLOT_KEYS: Final = SlotKeys()
+"""The KEYS of the jobs this process publishes to (one table per process, as a job's keys
+are the same on every connection)."""
 
 
 class RedisCommands:
@@ -135,7 +120,7 @@ class RedisCommands:
         """The scripts of `batch` on our connections, and, with `replicas`, each node's
         `WAIT` right behind them on the same connection (it covers every write made before
         it there)."""
-        commands = [(_slot_keys(c.job_id)[0], _commit_command(c)) for c in batch]
+        commands = [_routed(_commit_command(c)) for c in batch]
         if not self.replicas:
             return (await self._commits_router.execute(commands))[0]
         wait = (b"WAIT", b"%d" % self.replicas, b"%d" % REPLICA_WAIT_MS)
@@ -163,7 +148,7 @@ class RedisCommands:
         return cast(bytes | None, stored)
 
     async def delete(self, job_id: str, envelope: bytes) -> bool:
-        slot_keys = _slot_keys(job_id)
+        slot_keys = SLOT_KEYS.take(job_id)
         existed = await self._eval(DELETE_SCRIPT, slot_keys, [envelope, job_id])
         return bool(existed)
 
@@ -267,9 +252,14 @@ class RedisCommands:
                 return await client.evalsha(script[1], len(slot_keys), *slot_keys, *args)
 
 
+def _routed(command: tuple[Any, ...]) -> tuple[bytes, tuple[Any, ...]]:
+    """An `EVALSHA` with the key it is routed by: its first KEY (all share one slot)."""
+    return command[3], command
+
+
 def _commit_command(c: Commit) -> tuple[Any, ...]:
     """The `EVALSHA` of commit.lua for `c`, as `hiredis.pack_command` takes it."""
-    slot_keys = _slot_keys(c.job_id)
+    slot_keys = SLOT_KEYS.take(c.job_id) if c.final else SLOT_KEYS.get(c.job_id)
     return (
         "EVALSHA",
         COMMIT_SCRIPT[1],

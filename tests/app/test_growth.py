@@ -14,22 +14,25 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from progress_hub.clock import STALE_DEADLINES, Clock
 from progress_hub.mailbox import Mailbox
+from pubsub.brokers.commands import SLOT_KEYS
 from pubsub.brokers.memory import MemoryBroker
-from pubsub.events import Update
+from pubsub.brokers.slotkeys import SlotKeys, build
+from pubsub.errors import JobTerminal
+from pubsub.events import JobStatus, Update
 from pubsub.store import KNOWN_RECORDS, JobStore
 from tests.conditions import eventually
+from tests.conftest import store_on
 from tests.hub import spawn_hub
 from tests.probes import settled
 from tests.streams import RawStream
 
 JOBS = 1_000
 CONCURRENCY = 32
-# The one structure with a bound of its own rather than the open streams' (pubsub/store.py).
-BOUNDED = {"store.known_records": KNOWN_RECORDS}
 
 
 async def held(http: httpx.AsyncClient) -> dict[str, int]:
@@ -123,7 +126,7 @@ async def test_hub_following_1000_jobs_once_keeps_nothing_of_them(redis_url: str
             await eventually(lambda: settled(http), bool, 10, "every stream left")
             after = await eventually(
                 lambda: held(http),
-                lambda now: all(now[k] == v for k, v in before.items() if k not in BOUNDED),
+                lambda now: now == before,
                 10,
                 "every structure back to its size before",
             )
@@ -131,12 +134,8 @@ async def test_hub_following_1000_jobs_once_keeps_nothing_of_them(redis_url: str
     assert during["fanout.open_streams"] == during["channels.followed"] == 1, during
     assert during["clock.heartbeat_slots"] == 1, during
     assert during["feed.channels"] == before["feed.channels"] + 1, during
-    assert set(after) == set(before)
-    assert {k: v for k, v in after.items() if k not in BOUNDED} == {
-        k: v for k, v in before.items() if k not in BOUNDED
-    }
-    # Each job's record was remembered once (created, then completed), up to the bound.
-    assert after["store.known_records"] == min(KNOWN_RECORDS, before["store.known_records"] + JOBS)
+    # The record cache too: each job's record was dropped with its completion.
+    assert after == before
     print(f"\n{JOBS} jobs followed once in {took:.1f} s; held after: {after}")
 
 
@@ -149,6 +148,39 @@ async def test_store_record_cache_keeps_at_most_its_bound() -> None:
     # The least recently published went first: the newest are still known.
     await store.publish(f"cached-{jobs - 1}", Update(progress=60))
     assert store.footprint() == {"store.known_records": KNOWN_RECORDS}
+
+
+async def test_store_keeps_nothing_of_a_finished_job(broker_url: str) -> None:
+    async with store_on(broker_url) as store:
+        keys_before = len(SLOT_KEYS)
+        for n in range(100):
+            await store.create(f"ends-{n}")
+            await store.publish(f"ends-{n}", Update(progress=50))
+            assert store.footprint() == {"store.known_records": n % 10 + 1}
+            if n % 10 == 9:  # ten running jobs at a time, then all ten end
+                for m in range(n - 9, n + 1):
+                    await store.publish(f"ends-{m}", Update(status=JobStatus.COMPLETED))
+                assert store.footprint() == {"store.known_records": 0}
+                assert len(SLOT_KEYS) == keys_before
+        # A finished job answers as before: terminal, from the stored record.
+        with pytest.raises(JobTerminal):
+            await store.publish("ends-0", Update(progress=60))
+        assert (await store.get("ends-0")).status is JobStatus.COMPLETED
+        await store.create("ends-deleted")
+        await store.publish("ends-deleted", Update(progress=10))
+        await store.delete("ends-deleted")
+        assert store.footprint() == {"store.known_records": 0}
+        assert len(SLOT_KEYS) == keys_before
+
+
+def test_slot_keys_keep_running_jobs_up_to_their_bound() -> None:
+    slot_keys = SlotKeys(bound=3)
+    for n in range(5):
+        assert slot_keys.get(f"job-{n}") == build(f"job-{n}")
+    assert len(slot_keys) == 3
+    assert slot_keys.take("job-4") == build("job-4")
+    assert slot_keys.take("job-0") == build("job-0")  # long gone: built again
+    assert len(slot_keys) == 2
 
 
 def test_clock_streams_of_one_expiry_second_leave_no_deadline_behind() -> None:
