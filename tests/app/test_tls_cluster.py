@@ -35,6 +35,7 @@ from pubsub.store import JobStore
 from tests.cluster import ClusterNode, RedisCluster
 from tests.cluster_load import job_ids_by_master
 from tests.conditions import eventually, wait_until
+from tests.feeds import listening
 from tests.hub import run_hub, spawn_hub
 from tests.streams import RawStream
 from tests.tls import make_certificates
@@ -209,29 +210,17 @@ async def test_tls_cluster_feed_subscribes_at_each_masters_announced_tls_port(
     jobs = [ids[0] for ids in job_ids_by_master(cluster, "tls-feed", 1).values()]
     broker = RedisBroker(url)
     store = JobStore(RedisBroker(url))
-    delivered: list[bytes] = []
-
-    async def on_gap(jobs: Collection[str | None]) -> None:
-        return None
-
-    async def up() -> bool:
-        return broker.feed_up
-
-    async def got() -> list[bytes]:
-        return delivered
-
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_gap)
-            await eventually(up, bool, 10, "the feed is up")
+        async with listening(broker) as delivered:
             feed_nodes = broker.feed_shards()
             subscribers = {node.port: _subscribers(node) for node in masters}
             for job_id in jobs:
                 await broker.subscribe(job_id)
             for job_id in jobs:
                 await store.publish(job_id, Update(progress=50, message=f"to {job_id}"))
-            await eventually(got, lambda d: len(d) == len(jobs), 5, "one update per master")
-            tg.cancel_scope.cancel()
+            await eventually(
+                lambda: delivered, lambda d: len(d) == len(jobs), 5, "one update per master"
+            )
     finally:
         await broker.aclose()
         await store.broker.aclose()
@@ -315,10 +304,6 @@ async def test_tls_cluster_down_whole_and_back_the_feed_reconnects_over_tls(
     broker = RedisBroker(cluster.url)
     store = JobStore(RedisBroker(cluster.url))
     job_id = "after-the-outage"
-    delivered: list[bytes] = []
-
-    async def on_gap(jobs: Collection[str | None]) -> None:
-        return None
 
     async def up() -> bool:
         return broker.feed_up
@@ -326,14 +311,9 @@ async def test_tls_cluster_down_whole_and_back_the_feed_reconnects_over_tls(
     async def repair_failed() -> list[str]:
         return [entry["event"] for entry in logs if entry["event"] == "broker_feed_repair_failed"]
 
-    async def got() -> list[bytes]:
-        return delivered
-
     try:
         with capture_logs() as logs:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_gap)
-                await eventually(up, bool, 10, "the feed is up")
+            async with listening(broker) as delivered:
                 for node in cluster.nodes:
                     cluster.kill(node)
                 # No node answers: the slot map cannot be read. The feed says so and retries
@@ -345,8 +325,7 @@ async def test_tls_cluster_down_whole_and_back_the_feed_reconnects_over_tls(
                 await eventually(up, bool, 15, "the feed is up again")
                 await broker.subscribe(job_id)
                 await store.publish(job_id, Update(progress=5, message="back"))
-                await eventually(got, bool, 5, "an update after the outage delivered")
-                tg.cancel_scope.cancel()
+                await eventually(lambda: delivered, bool, 5, "an update after the outage delivered")
     finally:
         await broker.aclose()
         await store.broker.aclose()

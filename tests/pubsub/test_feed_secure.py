@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
-import anyio
 import pytest
 
 from progress_hub.embedded import EmbeddedServer
@@ -13,6 +10,7 @@ from pubsub.brokers.redis import RedisBroker
 from pubsub.events import Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
+from tests.feeds import listening
 from tests.tls import ACL_PASSWORD, ACL_USER, PASSWORD, TlsServer, password_url
 
 
@@ -20,25 +18,11 @@ async def _published_reaches_the_feed(url: str, job_id: str) -> list[bytes]:
     """Publish one update to `job_id` through a store on `url`; what a feed on `url` got."""
     broker = RedisBroker(url)
     store = JobStore(open_broker(url))
-    delivered: list[bytes] = []
-
-    async def on_gap(jobs: Collection[str | None]) -> None:
-        return None
-
-    async def up() -> bool:
-        return broker.feed_up
-
-    async def got() -> list[bytes]:
-        return delivered
-
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(broker.listen, lambda raw, _: delivered.append(raw), on_gap)
-            await eventually(up, bool, 10, "the feed is up")
+        async with listening(broker) as delivered:
             await broker.subscribe(job_id)
             await store.publish(job_id, Update(progress=42, message="over the wire"))
-            await eventually(got, bool, 5, "the update delivered")
-            tg.cancel_scope.cancel()
+            await eventually(lambda: delivered, bool, 5, "the update delivered")
     finally:
         await broker.aclose()
         await store.broker.aclose()
