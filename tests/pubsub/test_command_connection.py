@@ -145,7 +145,9 @@ async def test_command_connection_silent_server_fails_after_the_deadline_and_is_
         with pytest.raises(BrokerUnavailable, match="did not answer within 0.5 s"):
             async with translated_outage():
                 await router.execute([("test:k", (b"PING",))])
-        assert 0.4 < time.monotonic() - started < 1.5
+        # Not before its deadline; how long after it depends on the machine's load (the
+        # message says which deadline ran out), so no upper bound is asserted.
+        assert time.monotonic() - started >= 0.45
         await admin.client_unpause()
         assert (await router.execute([("test:k", (b"PING",))]))[0] == [b"PONG"]
     finally:
