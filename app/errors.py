@@ -51,7 +51,9 @@ def error_response(exc: ProgressError) -> Response:
         if not exc.authenticated:
             headers["WWW-Authenticate"] = "Bearer"
     else:
-        status = _STATUS.get(type(exc), 400)
+        # By the nearest class that has a status: a subclass (`ReplicasUnconfirmed`)
+        # answers as the error it refines.
+        status = next((_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS), 400)
     if isinstance(exc, InvalidUpdate) and exc.field:
         body["field"] = exc.field
     if isinstance(exc, JobTerminal):

@@ -26,8 +26,24 @@ each and gives its streams the current snapshot (or the missed events)."""
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateId:
+    """Which update of which writer a commit carries.
+
+    A commit whose answer was lost (the connection dropped after the write, or fewer
+    replicas than asked confirmed it in time) is in doubt: it may be stored. Its retry
+    carries the same id, and a broker that holds `number` (or a later one) of `writer`
+    applies it no second time, so that a chunk counted is counted once (docs/api.md §8).
+    A writer numbers its updates from 1 in the order it publishes them, one at a time.
+    """
+
+    writer: str
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
-    """One atomic write of a job: applied only if the stored seq is still `expected_seq`."""
+    """One atomic write of a job: applied only if the stored seq is still `expected_seq`
+    and, with an `update_id`, the job does not hold that update already."""
 
     job_id: str
     expected_seq: int
@@ -43,6 +59,7 @@ class Commit:
     its place in the stall sweep's index; None takes it out."""
     final: bool = False
     """The job ends with this commit: a broker keeps nothing of it for a next one."""
+    update_id: UpdateId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +111,9 @@ class Broker(Protocol):
         ...
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
-        """Write `commit` if the stored seq matches; else return the stored record."""
+        """Write `commit` if the stored seq matches: `(True, None)`. `(True, record)`
+        when the job already holds its `update_id` (the stored record, which shows it);
+        `(False, record)` when the seq moved (None: no such job)."""
         ...
 
     async def history(self, job_id: str, count: int) -> list[bytes]:

@@ -24,6 +24,10 @@ class Pending:
 
     update: Update
     urgent: bool
+    number: int = 0
+    """Its number among the backlog's publishes, from its first attempt on (0: not yet
+    tried). An entry tried and put back is in doubt (it may be stored): it is retried as
+    it was, under the same number, and nothing merges into it (`pubsub.broker.UpdateId`)."""
 
 
 class Backlog:
@@ -31,6 +35,7 @@ class Backlog:
 
     def __init__(self) -> None:
         self._entries: deque[Pending] = deque()
+        self._numbered = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -43,16 +48,22 @@ class Backlog:
     def add(self, update: Update) -> None:
         """Queue `update`, merged into the newest entry when that gives the same state."""
         urgent = update.stage is not UNSET or update.status is not UNSET
-        if self._entries and combinable(self._entries[-1].update, update):
-            newest = self._entries[-1]
+        newest = self._entries[-1] if self._entries else None
+        if newest is not None and not newest.number and combinable(newest.update, update):
             newest.update = combine(newest.update, update)
             newest.urgent = newest.urgent or urgent
         else:
             self._entries.append(Pending(update=update, urgent=urgent))
 
     def take(self) -> Pending | None:
-        """Remove and return the oldest entry (None when empty)."""
-        return self._entries.popleft() if self._entries else None
+        """Remove and return the oldest entry, numbered (None when empty)."""
+        if not self._entries:
+            return None
+        entry = self._entries.popleft()
+        if not entry.number:
+            self._numbered += 1
+            entry.number = self._numbered
+        return entry
 
     def put_back(self, entry: Pending) -> None:
         """Return an entry that could not be published to the front of the queue."""

@@ -82,6 +82,24 @@ class BrokerUnavailable(ProgressError):
         super().__init__(f"The broker is unreachable{suffix}. Try again shortly.")
 
 
+class ReplicasUnconfirmed(BrokerUnavailable):
+    """An update reached its master, but fewer replicas than asked confirmed it in time:
+    it is not acknowledged, and its retry is applied once (docs/api.md §8)."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+        super().__init__(f"fewer than {replicas} replicas confirmed in time")
+
+    @property
+    def hint(self) -> str:
+        """What to check (for the outage log lines)."""
+        return (
+            f"the master answers, but fewer than {self.replicas} of its replicas confirm "
+            "writes: are they attached and in sync (INFO replication), and does "
+            "PROGRESS_BROKER_REPLICAS ask for no more than each master has?"
+        )
+
+
 class AccessDenied(ProgressError):
     """The caller may not do this: no credentials (401) or the wrong ones (403)."""
 

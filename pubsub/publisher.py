@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
 import time
 from types import TracebackType
 from typing import Any, Final
@@ -47,7 +48,7 @@ from msgspec import UNSET
 
 from pubsub.autoadvance import AutoAdvance
 from pubsub.backoff import Outage
-from pubsub.broker import open_broker, redacted_url, unreachable_hint
+from pubsub.broker import UpdateId, open_broker, redacted_url, unreachable_hint
 from pubsub.cancel import DEFAULT_CANCEL_POLL_SECONDS, CancelWatch, check_poll_interval
 from pubsub.coalesce import Backlog
 from pubsub.errors import (
@@ -57,6 +58,7 @@ from pubsub.errors import (
     JobNotFound,
     JobTerminal,
     PayloadTooLarge,
+    ReplicasUnconfirmed,
 )
 from pubsub.events import Snapshot, Update, is_valid_job_id
 from pubsub.exits import fails_job
@@ -119,6 +121,9 @@ class Tracker:
         self._raise_on_outage = raise_on_outage
         self._close_timeout = close_timeout
         self._backlog = Backlog()
+        # Names this tracker's updates to the broker, so that a retry of one in doubt is
+        # applied once (`pubsub.broker.UpdateId`).
+        self._writer = secrets.token_hex(8)
         self._task_group: TaskGroup | None = None
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -128,6 +133,7 @@ class Tracker:
         self._flush_now = False
         self._last_publish = -math.inf
         self._outage = Outage()
+        self._last_failure: BrokerUnavailable | None = None
         self._auto: AutoAdvance | None = None
         self._raise_on_cancel = raise_on_cancel
         self._cancel = CancelWatch(interval=check_poll_interval(cancel_poll_interval))
@@ -426,7 +432,10 @@ class Tracker:
                 assert entry is not None
                 try:
                     snapshot = await self._store.publish(
-                        self.job_id, entry.update, pipeline=self.pipeline
+                        self.job_id,
+                        entry.update,
+                        pipeline=self.pipeline,
+                        update_id=UpdateId(self._writer, entry.number),
                     )
                     self.snapshot = snapshot
                 except BrokerUnavailable as exc:
@@ -473,6 +482,7 @@ class Tracker:
             log.info("job_cancel_requested", job_id=self.job_id, seq=snapshot.seq)
 
     def _outage_began(self, exc: BrokerUnavailable) -> None:
+        self._last_failure = exc
         if self._outage.failed(_now()):
             queued = len(self._backlog)
             log.warning(
@@ -486,7 +496,14 @@ class Tracker:
     def _broker_context(self) -> dict[str, str]:
         """The broker's address and what to check, for the outage log lines."""
         url = self._broker_url
-        return {} if url is None else {"broker": redacted_url(url), "check": unreachable_hint(url)}
+        if url is None:
+            return {}
+        failure = self._last_failure
+        if isinstance(failure, ReplicasUnconfirmed):
+            check = failure.hint
+        else:
+            check = unreachable_hint(url)
+        return {"broker": redacted_url(url), "check": check}
 
     def _outage_ended(self) -> None:
         lasted = self._outage.succeeded(_now())

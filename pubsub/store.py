@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from pubsub.broker import Broker, Commit
+from pubsub.broker import Broker, Commit, UpdateId
 from pubsub.errors import (
     BrokerUnavailable,
     InvalidUpdate,
@@ -122,9 +122,18 @@ class JobStore:
         return record.snapshot
 
     async def publish(
-        self, job_id: str, update: Update, *, pipeline: str | None = None
+        self,
+        job_id: str,
+        update: Update,
+        *,
+        pipeline: str | None = None,
+        update_id: UpdateId | None = None,
     ) -> Snapshot:
-        """Apply `update` to a job, creating it (with `pipeline`) if it does not exist."""
+        """Apply `update` to a job, creating it (with `pipeline`) if it does not exist.
+
+        `update_id` (a tracker's) makes a retry of an update in doubt safe: a job that
+        holds it already is not changed again, and its current snapshot is returned.
+        """
         check_job_id(job_id)
         # The record this store committed last is usually still current: start from it and
         # save a read. A stale one only costs a failed compare-and-set, which hands back
@@ -153,8 +162,11 @@ class JobStore:
                 cached, record = None, await self._load(job_id)
                 continue
             committed, current = await self.broker.commit(
-                self._commit(merged, expected_seq=expected, result=result)
+                self._commit(merged, expected_seq=expected, result=result, update_id=update_id)
             )
+            if committed and current is not None:
+                # An earlier attempt of this update was stored; its answer was lost.
+                return RECORD_DECODER.decode(current).snapshot
             if committed:
                 # No log line here: this is the hot path of every worker, and an
                 # unconfigured structlog prints every level (the hub counts publishes).
@@ -376,7 +388,12 @@ class JobStore:
         return RECORD_DECODER.decode(raw) if raw is not None else None
 
     def _commit(
-        self, record: JobRecord, *, expected_seq: int, result: bytes | None = None
+        self,
+        record: JobRecord,
+        *,
+        expected_seq: int,
+        result: bytes | None = None,
+        update_id: UpdateId | None = None,
     ) -> Commit:
         snapshot = record.snapshot
         snapshot_json = ENCODER.encode(snapshot)
@@ -397,6 +414,7 @@ class JobStore:
                 else None
             ),
             final=snapshot.is_terminal,
+            update_id=update_id,
         )
 
 

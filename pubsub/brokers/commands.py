@@ -27,7 +27,7 @@ from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
 from pubsub.brokers.routing import CommandRouter
 from pubsub.brokers.slotkeys import SlotKeys
-from pubsub.errors import BrokerUnavailable
+from pubsub.errors import BrokerUnavailable, ReplicasUnconfirmed
 
 REPLICA_WAIT_MS: Final = 1000
 """How long a commit waits for `replicas` replicas to confirm it (docs/api.md §8)."""
@@ -42,6 +42,9 @@ COMMIT_SCRIPT: Final = _script("commit.lua")
 DELETE_SCRIPT: Final = _script("delete.lua")
 MILESTONE_SCRIPT: Final = _script("milestone.lua")
 
+
+NO_WRITER: Final = (b"", b"0")
+"""commit.lua's writer arguments for a commit without an `UpdateId`."""
 
 SLOT_KEYS: Final = SlotKeys()
 """The KEYS of the jobs this process publishes to (one table per process, as a job's keys
@@ -114,7 +117,8 @@ class RedisCommands:
         reply = await self._commits.call(commit)
         if reply[0] == 1:
             return True, None
-        return False, reply[1] if len(reply) > 1 else None
+        # 2: the job holds this update already (commit.lua), 0: the seq moved.
+        return reply[0] == 2, reply[1] if len(reply) > 1 else None
 
     async def _send_commits(self, batch: list[Commit]) -> list[Any]:
         """The scripts of `batch` on our connections, and, with `replicas`, each node's
@@ -126,8 +130,9 @@ class RedisCommands:
         wait = (b"WAIT", b"%d" % self.replicas, b"%d" % REPLICA_WAIT_MS)
         scripts, confirmed = await self._commits_router.execute(commands, tail=wait)
         # Written on the master but not confirmed by enough replicas: not acknowledged
-        # (docs/api.md §8). The caller's retry finds the write there, or redoes it.
-        unconfirmed = BrokerUnavailable(f"fewer than {self.replicas} replicas confirmed in time")
+        # (docs/api.md §8). The caller's retry finds the write there (its `UpdateId`),
+        # and is acknowledged once this `WAIT` confirms it; or redoes it.
+        unconfirmed = ReplicasUnconfirmed(self.replicas)
         for i, count in enumerate(confirmed):
             if _committed(scripts[i]) and not _enough(count, self.replicas):
                 scripts[i] = unconfirmed
@@ -275,6 +280,7 @@ def _commit_command(c: Commit) -> tuple[Any, ...]:
         c.job_id.encode(),
         repr(c.created_at).encode(),
         repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
+        *((c.update_id.writer.encode(), b"%d" % c.update_id.number) if c.update_id else NO_WRITER),
     )
 
 
@@ -291,4 +297,5 @@ def _enough(count: Any, wanted: int) -> bool:
 
 
 def _committed(reply: Any) -> bool:
-    return isinstance(reply, list) and bool(reply) and reply[0] == 1
+    """Written by this script, or found written by this update's earlier attempt."""
+    return isinstance(reply, list) and bool(reply) and reply[0] in (1, 2)

@@ -24,6 +24,8 @@ class _Job:
     quiet_since: float | None = None
     milestones: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    writers: dict[str, int] = field(default_factory=dict)
+    """The number of each writer's latest update this job holds (`UpdateId`)."""
 
 
 class MemoryBroker:
@@ -67,6 +69,9 @@ class MemoryBroker:
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
         job = self._live(commit.job_id)
+        update_id = commit.update_id
+        if job and update_id and job.writers.get(update_id.writer, 0) >= update_id.number:
+            return True, job.record
         current = job.seq if job else 0
         if current != commit.expected_seq:
             return False, job.record if job else None
@@ -86,6 +91,8 @@ class MemoryBroker:
         job.quiet_since = commit.quiet_since
         if commit.result is not None:
             job.result = commit.result
+        if update_id is not None:
+            job.writers[update_id.writer] = update_id.number
         self._publish(commit.job_id, commit.envelope)
         return True, None
 

@@ -8,9 +8,9 @@ import anyio
 import msgspec
 import pytest
 
-from pubsub.broker import Broker, open_broker
+from pubsub.broker import Broker, UpdateId, open_broker
 from pubsub.errors import BrokerUnavailable, JobExists, JobNotFound, JobTerminal
-from pubsub.events import ENVELOPE_DECODER, EventKind, JobStatus, Update
+from pubsub.events import ENVELOPE_DECODER, ChunksPatch, EventKind, JobStatus, Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
 
@@ -73,6 +73,30 @@ async def test_store_publish_increments_seq_and_creates_unknown_jobs(
     second = await contract_store.publish("fresh", Update(message="half", progress=50))
     assert (first.seq, second.seq) == (1, 2)
     assert (second.status, second.progress, second.message) == (JobStatus.RUNNING, 50, "half")
+
+
+async def test_store_retry_of_an_update_it_holds_changes_nothing(
+    contract_store: JobStore,
+) -> None:
+    # What a tracker's retry looks like when the first attempt's answer was lost: the
+    # same update under the same id, from a store that no longer trusts its cached record.
+    chunk = Update(chunks=ChunksPatch(add_completed=1))
+    await contract_store.publish("counted", Update(chunks=ChunksPatch(total=4)))
+    first = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 1))
+    retried = await JobStore(contract_store.broker, history=5).publish(
+        "counted", chunk, update_id=UpdateId("w1", 1)
+    )
+    assert retried == first == await contract_store.get("counted")
+    assert first.chunks is not None and first.chunks.completed == 1
+    # Another writer's update, and this writer's next one, are each applied.
+    other = await contract_store.publish("counted", chunk, update_id=UpdateId("w2", 1))
+    assert other.chunks is not None and (other.seq, other.chunks.completed) == (3, 2)
+    after = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 2))
+    assert after.chunks is not None and (after.seq, after.chunks.completed) == (4, 3)
+    # An older number of a writer that has moved on is held too.
+    again = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 1))
+    assert again == after
+    assert len(await contract_store.history("counted")) == 4
 
 
 async def test_store_history_is_capped_and_ordered(contract_store: JobStore) -> None:

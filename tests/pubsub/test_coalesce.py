@@ -162,3 +162,17 @@ def test_backlog_merges_only_what_is_safe_to_merge(
     backlog.add(first)
     backlog.add(second)
     assert len(backlog) == entries
+
+
+def test_backlog_retries_an_entry_in_doubt_as_it_was_under_its_number() -> None:
+    # A publish whose answer was lost may be stored: its retry must be the same update
+    # under the same number, or the broker could not tell it was already applied.
+    backlog = Backlog()
+    backlog.add(Update(chunks=ChunksPatch(add_completed=1)))
+    tried = backlog.take()
+    assert tried is not None and tried.number == 1
+    backlog.put_back(tried)
+    backlog.add(Update(chunks=ChunksPatch(add_completed=1)))
+    retried, following = backlog.take(), backlog.take()
+    assert retried is tried and retried.update == Update(chunks=ChunksPatch(add_completed=1))
+    assert following is not None and following.number == 2

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 import redis
 from redis.crc import key_slot
+from structlog.testing import capture_logs
 
+from progress_hub.embedded import EmbeddedServer
 from pubsub.broker import open_broker
 from pubsub.brokers import keys
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import Update
+from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster
+from tests.conditions import eventually
 from tests.conftest import HubFactory
 
 
@@ -52,3 +58,36 @@ async def test_update_no_replica_confirms_is_refused_with_503_and_retry_after(
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
     assert "replicas" in response.json()["error"]
+
+
+async def test_tracker_retry_of_an_unconfirmed_update_counts_its_chunks_once(
+    tmp_path: Path,
+) -> None:
+    # A master whose replica is not attached yet: the tracker's update is written there,
+    # but no WAIT confirms it, so the tracker retries it until one does.
+    # Each in its own directory: a replica's first sync writes an RDB file.
+    with (
+        EmbeddedServer(data_dir=tmp_path / "master") as master,
+        EmbeddedServer(data_dir=tmp_path / "replica") as replica,
+    ):
+        reader = JobStore(open_broker(master.url))
+        try:
+            with capture_logs() as logs:
+                job = Tracker.connect(master.url, "in-doubt", replicas=1)
+                async with job:
+                    await job.chunks(100)
+                    await job.chunk_done(0)
+                    await job.chunk_done(1)
+                    await eventually(lambda: job.outage, bool, 15, "the tracker retries")
+                    written = await reader.get("in-doubt")
+                    assert written.chunks is not None and written.chunks.completed == 2
+                    replica.client().replicaof("127.0.0.1", master.port)
+                    await eventually(lambda: job.outage, lambda down: not down, 15, "acked")
+                    assert job.snapshot is not None and job.snapshot.seq == written.seq
+            stored = await reader.get("in-doubt")
+        finally:
+            await reader.broker.aclose()
+    assert stored.chunks is not None
+    assert (stored.seq, stored.chunks.completed) == (written.seq, 2), "applied once"
+    warned = [entry for entry in logs if entry["event"] == "broker_unavailable"]
+    assert warned and "INFO replication" in warned[0]["check"], "it names the replicas"
