@@ -107,6 +107,11 @@ class CommandConnection(asyncio.Protocol):
         """True once the connection is closed or lost: open a new one."""
         return self._lost is not None or self._transport is None
 
+    @property
+    def idle(self) -> bool:
+        """True when no batch waits for its replies."""
+        return not self._pending
+
     def send(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
         """Write `commands` at once; the future of their replies, in order (an error reply
         an `ErrorReply` in its place). Raises `Unanswered` when the connection is closed."""

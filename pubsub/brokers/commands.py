@@ -72,6 +72,11 @@ class RedisCommands:
         self._commits = TickBatcher(self._send_commits)
         self._reads = TickBatcher(self._send_reads)
 
+    @property
+    def routers(self) -> tuple[CommandRouter, CommandRouter]:
+        """The routers of the hot commands: commits, and record reads."""
+        return self._commits_router, self._reads_router
+
     async def load(self, job_id: str) -> bytes | None:
         return cast(bytes | None, await self._reads.call((keys.job_key(job_id), "record")))
 

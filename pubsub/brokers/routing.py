@@ -158,6 +158,11 @@ class CommandRouter:
         _translate(replies)
         return replies, [behind] * len(commands) if tail is not None else []
 
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes this router holds a connection to (`host:port`; "" for one server)."""
+        return sorted(self._connections)
+
     async def aclose(self) -> None:
         """Close every connection."""
         connections, self._connections = self._connections, {}
@@ -175,8 +180,24 @@ class CommandRouter:
             if connection is None or connection.closed:
                 url = self._url(node)
                 connection = await CommandConnection.open(url, timeout=self._timeout)
+                if node not in self._connections:
+                    await self._close_departed()  # a node new to us: the map has changed
                 self._connections[node] = connection
             return connection
+
+    async def _close_departed(self) -> None:
+        """Close the connections of nodes that are masters no more (one failed, or
+        demoted by a failover), once no batch waits on them: the table follows the
+        cluster's current masters, not every node it ever had."""
+        cluster = self._cluster
+        if cluster is None:
+            return
+        masters = {node.name for node in cluster.get_primaries()}
+        for node, connection in list(self._connections.items()):
+            if node not in masters and (connection.closed or connection.idle):
+                del self._connections[node]
+                self._opening.pop(node, None)
+                await connection.aclose()
 
     def _url(self, node: str) -> str:
         url = plain_url(self._connector.url)

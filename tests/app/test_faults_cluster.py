@@ -28,6 +28,7 @@ import pytest
 from progress_hub.settings import Settings
 from pubsub.broker import open_broker
 from pubsub.brokers import keys
+from pubsub.brokers.redis import RedisBroker
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
 from tests.cluster import RedisCluster
@@ -215,6 +216,12 @@ async def test_cluster_master_killed_under_load_loses_no_acknowledged_update(
                 seqs = {job_id: int(str(final["seq"])) for job_id, final in finals.items()}
                 await _converged(watchers, seqs, CONVERGE_WITHIN + 5)
                 assert (await http.get("/readyz")).status_code == 200
+                # The library's command connections follow the masters: none is left
+                # to the node that failed.
+                library = replicated_store.broker
+                assert isinstance(library, RedisBroker)
+                gone = f"127.0.0.1:{doomed.port}"
+                assert all(gone not in router.nodes for router in library.commands.routers)
             finally:
                 stop.set()
                 await _cancel(load + background)
