@@ -189,6 +189,24 @@ async def answers_plain_text(host: str, port: int) -> bool:
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
+async def failed_open(
+    url: str, where: str, exc: TimeoutError | ssl.SSLError, waited: float
+) -> str:
+    """Why a connection of ours (subscription or commands) to `where` at `url` failed to
+    open within `waited` s, in a sentence naming it. A TLS handshake with a plain-text port
+    never completes or fails at once, by the bytes the port answers; a cluster without
+    `tls-cluster yes` announces those to TLS clients (tests/app/test_tls_cluster.py)."""
+    parts = urlsplit(url)
+    if parts.scheme == "rediss" and parts.hostname and parts.port:
+        if await answers_plain_text(parts.hostname, parts.port):
+            return (
+                f"{where} answers in plain text, not TLS: a cluster tells TLS clients its "
+                "nodes' TLS ports only with tls-cluster yes on every node"
+            )
+    refusal = tls_refusal(exc, where)
+    return refusal or f"{where} did not answer within {waited:g} s"
+
+
 def _plain(url: str) -> tuple[str, bool]:
     """The URL redis-py understands, and whether the scheme forces cluster mode."""
     parts = urlsplit(url)

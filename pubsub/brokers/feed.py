@@ -27,7 +27,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -43,10 +42,9 @@ from pubsub.brokers.connect import (
     OUTAGE_ERRORS,
     Connector,
     address_of,
-    answers_plain_text,
+    failed_open,
     node_url,
     plain_url,
-    tls_refusal,
     translated_outage,
 )
 from pubsub.brokers.endpoint import ErrorReply
@@ -312,7 +310,9 @@ class ShardedFeed:
                 timeout=SUBSCRIBE_TIMEOUT,
             )
         except (TimeoutError, ssl.SSLError) as exc:
-            raise BrokerUnavailable(await _failed_open(url, node, exc)) from exc
+            where = node if node != SINGLE_NODE else address_of(url)
+            detail = await failed_open(url, where, exc, SUBSCRIBE_TIMEOUT)
+            raise BrokerUnavailable(detail) from exc
         self._shards[node] = shard
         assert self._tg is not None
         self._tg.start_soon(self._probe, shard)
@@ -403,23 +403,6 @@ class ShardedFeed:
         self._shards.pop(shard.node, None)
         shard.scope.cancel()
         await shard.connection.aclose()
-
-
-async def _failed_open(url: str, node: str, exc: TimeoutError | ssl.SSLError) -> str:
-    """Why a subscription connection to `node` failed, naming it. A TLS handshake with a
-    plain-text port never completes or fails at once, by the bytes the port answers; a
-    cluster without `tls-cluster yes` announces those to TLS clients
-    (tests/app/test_tls_cluster.py)."""
-    parts = urlsplit(url)
-    where = node if node != SINGLE_NODE else address_of(url)
-    if parts.scheme == "rediss" and parts.hostname and parts.port:
-        if await answers_plain_text(parts.hostname, parts.port):
-            return (
-                f"{where} answers in plain text, not TLS: a cluster tells TLS clients its "
-                "nodes' TLS ports only with tls-cluster yes on every node"
-            )
-    refusal = tls_refusal(exc, where)
-    return refusal or f"{where} did not answer within {SUBSCRIBE_TIMEOUT:g} s"
 
 
 def _channels(job_id: str | None) -> list[bytes]:

@@ -23,14 +23,20 @@ The one retry policy of `pubsub.brokers.connect`, unchanged:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
 
-from pubsub.brokers.command_connection import COMMAND_TIMEOUT, Command, CommandConnection
-from pubsub.brokers.connect import Connector, node_url, plain_url
+from pubsub.brokers.command_connection import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    Command,
+    CommandConnection,
+)
+from pubsub.brokers.connect import Connector, address_of, failed_open, node_url, plain_url
 from pubsub.brokers.endpoint import ErrorReply, Unanswered
 from pubsub.errors import BrokerUnavailable
 
@@ -179,7 +185,13 @@ class CommandRouter:
             connection = self._connections.get(node)
             if connection is None or connection.closed:
                 url = self._url(node)
-                connection = await CommandConnection.open(url, timeout=self._timeout)
+                try:
+                    connection = await CommandConnection.open(url, timeout=self._timeout)
+                except (TimeoutError, ssl.SSLError) as exc:
+                    where = node or address_of(url)
+                    raise BrokerUnavailable(
+                        await failed_open(url, where, exc, CONNECT_TIMEOUT)
+                    ) from exc
                 if node not in self._connections:
                     await self._close_departed()  # a node new to us: the map has changed
                 self._connections[node] = connection

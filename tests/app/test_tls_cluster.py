@@ -30,6 +30,7 @@ from progress_hub.embedded import EmbeddedServer
 from progress_hub.settings import Settings
 from pubsub import SyncTracker, Tracker
 from pubsub.brokers.redis import RedisBroker
+from pubsub.errors import BrokerUnavailable
 from pubsub.events import Update
 from pubsub.store import JobStore
 from tests.cluster import ClusterNode, RedisCluster
@@ -267,14 +268,16 @@ def test_tls_cluster_hub_trusting_another_ca_names_the_node_without_a_traceback(
         assert "hunter2" not in everything and "ssl_ca_certs=" not in everything
 
 
-async def test_tls_cluster_node_announcing_a_plain_port_is_named_by_the_feed(
+async def test_tls_cluster_node_announcing_a_plain_port_is_named_by_feed_and_commands(
     tls_cluster: RedisCluster, redis_server: EmbeddedServer
 ) -> None:
     cluster = tls_cluster
     node = cluster.master_nodes()[2]
+    job_id = job_ids_by_master(cluster, "tls-plain", 1)[node.port][0]
     # What every node without `tls-cluster yes` does: tell TLS clients a plain-text port.
     _announce(cluster, node, redis_server.port)
     broker = RedisBroker(node.url)
+    store = JobStore(broker)
 
     async def on_gap(jobs: Collection[str | None]) -> None:
         return None
@@ -288,13 +291,16 @@ async def test_tls_cluster_node_announcing_a_plain_port_is_named_by_the_feed(
                 tg.start_soon(broker.listen, lambda raw, _: None, on_gap)
                 failures = await eventually(repair_failures, bool, 15, "the failure told")
                 assert not broker.feed_up
+                with pytest.raises(BrokerUnavailable) as refused:
+                    await store.publish(job_id, Update(progress=1))
                 tg.cancel_scope.cancel()
     finally:
         await broker.aclose()
         _announce(cluster, node, node.port)
         await anyio.to_thread.run_sync(cluster.wait_settled)
-    assert f"127.0.0.1:{redis_server.port} answers in plain text, not TLS" in failures[0]
-    assert "tls-cluster yes" in failures[0]
+    plain = f"127.0.0.1:{redis_server.port} answers in plain text, not TLS"
+    for told in (failures[0], str(refused.value)):
+        assert plain in told and "tls-cluster yes" in told, told
 
 
 async def test_tls_cluster_down_whole_and_back_the_feed_reconnects_over_tls(
