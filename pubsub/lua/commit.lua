@@ -22,9 +22,11 @@ local current = redis.call('HGET', KEYS[1], 'seq') or '0'
 if current ~= ARGV[1] then
   return {0, redis.call('HGET', KEYS[1], 'record')}
 end
-redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), 'record', ARGV[2])
+local seq = tostring(tonumber(ARGV[1]) + 1)
 if writer then
-  redis.call('HSET', KEYS[1], writer, ARGV[12])
+  redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2], writer, ARGV[12])
+else
+  redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2])
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
