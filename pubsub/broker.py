@@ -128,6 +128,10 @@ class Broker(Protocol):
         """Remove every key of a job and publish `envelope`; False if it did not exist."""
         ...
 
+    async def forget_writer(self, job_id: str, writer: str) -> None:
+        """Drop what a job keeps of a writer's updates (`UpdateId`): it sends no more."""
+        ...
+
     async def recent_jobs(self, start: int, stop: int) -> list[str]:
         """Ids in the job index, newest first, positions `start` to `stop` inclusive."""
         ...

@@ -41,6 +41,11 @@ class Backlog:
         return len(self._entries)
 
     @property
+    def numbered(self) -> int:
+        """How many publishes have been numbered (tried at least once)."""
+        return self._numbered
+
+    @property
     def urgent(self) -> bool:
         """True when a stage change or an end state waits: those go out at once."""
         return any(entry.urgent for entry in self._entries)

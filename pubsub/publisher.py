@@ -300,6 +300,7 @@ class Tracker:
         # Shielded: a cancelled pipeline still gets its last state out, within the timeout.
         with anyio.move_on_after(self._close_timeout, shield=True):
             await self.flush()
+            await self._forget_writer()
         self._closed = True
         if len(self._backlog):
             log.error(
@@ -370,6 +371,17 @@ class Tracker:
         self._wake()
         if self._raise_on_outage and self.outage:
             raise BrokerUnavailable("the update is kept and will be published when it is back")
+
+    async def _forget_writer(self) -> None:
+        """Once everything is published, the job need not keep this tracker's update
+        number: no retry of it can come after close (`pubsub.broker.UpdateId`)."""
+        assert self._store is not None and self.job_id is not None
+        if not self._backlog.numbered or len(self._backlog):
+            return
+        try:
+            await self._store.forget_writer(self.job_id, self._writer)
+        except BrokerUnavailable:
+            pass  # kept until the job expires: a few bytes
 
     def _require_open(self) -> None:
         if self._task_group is None or self._closed:

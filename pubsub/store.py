@@ -180,6 +180,13 @@ class JobStore:
             record = RECORD_DECODER.decode(current) if current else None
         raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
 
+    async def forget_writer(self, job_id: str, writer: str) -> None:
+        """Drop what a job keeps of a writer's updates (`UpdateId`), once it has closed:
+        a job published to by a tracker per task (one per chunk, say) would otherwise keep
+        an entry per tracker until it expires."""
+        check_job_id(job_id)
+        await self.broker.forget_writer(job_id, writer)
+
     async def request_cancel(self, job_id: str) -> Snapshot:
         """Ask a job's worker to cancel it (docs/api.md §9): its snapshot gains
         `cancel_requested`. Asking again changes nothing and returns the current snapshot;

@@ -21,7 +21,7 @@ from typing import Any, Final, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from pubsub.broker import Commit, MilestoneStep
+from pubsub.broker import Commit, MilestoneStep, UpdateId
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
@@ -162,6 +162,11 @@ class RedisCommands:
         existed = await self._eval(DELETE_SCRIPT, slot_keys, [envelope, job_id])
         return bool(existed)
 
+    async def forget_writer(self, job_id: str, writer: str) -> None:
+        client = await self._connector.client()
+        async with translated_outage():
+            await client.hdel(keys.job_key(job_id), keys.writer_field(writer))
+
     async def recent_jobs(self, start: int, stop: int) -> list[str]:
         """Ids newest first, positions `start`..`stop` of the merged partition indexes.
 
@@ -285,8 +290,12 @@ def _commit_command(c: Commit) -> tuple[Any, ...]:
         c.job_id.encode(),
         repr(c.created_at).encode(),
         repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
-        *((c.update_id.writer.encode(), b"%d" % c.update_id.number) if c.update_id else NO_WRITER),
+        *(_writer_args(c.update_id) if c.update_id else NO_WRITER),
     )
+
+
+def _writer_args(update_id: UpdateId) -> tuple[bytes, bytes]:
+    return keys.writer_field(update_id.writer).encode(), b"%d" % update_id.number
 
 
 def _raised(replies: list[Any]) -> list[Any]:

@@ -61,6 +61,12 @@ def milestones_key(job_id: str) -> str:
     return f"{_prefix(partition(job_id))}milestones:{job_id}"
 
 
+def writer_field(writer: str) -> str:
+    """The field of a job's hash holding the number of a writer's latest update
+    (`pubsub.broker.UpdateId`)."""
+    return f"w:{writer}"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key of a job, in the order the Lua scripts take them."""
     return [job_key(job_id), history_key(job_id), result_key(job_id), milestones_key(job_id)]

@@ -106,6 +106,11 @@ class MemoryBroker:
         job = self._live(job_id)
         return job.result if job else None
 
+    async def forget_writer(self, job_id: str, writer: str) -> None:
+        job = self._live(job_id)
+        if job is not None:
+            job.writers.pop(writer, None)
+
     async def delete(self, job_id: str, envelope: bytes) -> bool:
         if self._live(job_id) is None:
             return False

@@ -73,6 +73,9 @@ class RedisBroker:
     async def delete(self, job_id: str, envelope: bytes) -> bool:
         return await self.commands.delete(job_id, envelope)
 
+    async def forget_writer(self, job_id: str, writer: str) -> None:
+        await self.commands.forget_writer(job_id, writer)
+
     async def recent_jobs(self, start: int, stop: int) -> list[str]:
         return await self.commands.recent_jobs(start, stop)
 

@@ -4,14 +4,14 @@
 --       pubsub/brokers/keys.py).
 -- ARGV: expected seq, record, snapshot, envelope, ttl, history length,
 --       result ('' = keep), job id, creation time, last update time ('' = cannot stall),
---       writer ('' = none), the writer's update number.
+--       the writer's field of the job hash ('' = none), the writer's update number.
 -- Returns {1} once written, {0, record} when the seq moved, and {2, record} when the job
 -- holds this writer's update already: a retry whose first answer was lost (a dropped
 -- connection, a WAIT that timed out) is applied once (pubsub/broker.py UpdateId).
 -- The events go out with SPUBLISH from here: Redis (7.0 and later, cluster mode too)
 -- accepts it in a script when the channel is in the script's slot, so the write and its
 -- publication are one atomic step, on one server or a cluster.
-local writer = ARGV[11] ~= '' and 'w:' .. ARGV[11] or nil
+local writer = ARGV[11] ~= '' and ARGV[11] or nil
 if writer then
   local held = redis.call('HGET', KEYS[1], writer)
   if held and tonumber(held) >= tonumber(ARGV[12]) then

@@ -96,7 +96,11 @@ async def test_store_retry_of_an_update_it_holds_changes_nothing(
     # An older number of a writer that has moved on is held too.
     again = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 1))
     assert again == after
-    assert len(await contract_store.history("counted")) == 4
+    # A writer forgotten (its tracker closed) is a stranger again.
+    await contract_store.forget_writer("counted", "w1")
+    anew = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 2))
+    assert anew.chunks is not None and (anew.seq, anew.chunks.completed) == (5, 4)
+    assert len(await contract_store.history("counted")) == 5
 
 
 async def test_store_history_is_capped_and_ordered(contract_store: JobStore) -> None:

@@ -8,10 +8,13 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+import redis
 
 from pubsub.autoadvance import fraction_at
+from pubsub.broker import open_broker
+from pubsub.brokers import keys
 from pubsub.errors import JobNotFound
-from pubsub.events import ChunkRef, Chunks, JobStatus, Snapshot, Update
+from pubsub.events import ChunkRef, Chunks, ChunksPatch, JobStatus, Snapshot, Update
 from pubsub.exits import register_not_failure
 from pubsub.publisher import Tracker
 from pubsub.store import JobStore
@@ -332,3 +335,24 @@ def test_auto_advance_is_90_percent_there_at_the_expected_time_and_never_arrives
     assert values[0] == 0
     assert values[10] == pytest.approx(0.9 * 0.99)
     assert values == sorted(values) and values[-1] < 1
+
+
+async def test_tracker_closed_leaves_nothing_of_its_updates_in_the_job(redis_url: str) -> None:
+    # Each tracker names its updates in the job's hash while it may retry one; a job
+    # published to by a tracker per task (one per chunk) must not keep one entry each.
+    store = JobStore(open_broker(redis_url))
+    raw = redis.Redis.from_url(redis_url)
+    fields = lambda: sorted(raw.hkeys(keys.job_key("many-writers")))  # noqa: E731
+    try:
+        await store.publish("many-writers", Update(chunks=ChunksPatch(total=3)))
+        for index in range(3):
+            async with Tracker(store, "many-writers") as job:
+                await job.chunk_done(index)
+                await job.flush()
+                assert len(fields()) == 3, "seq, record and this tracker's number"
+        assert fields() == [b"record", b"seq"]
+        snapshot = await store.get("many-writers")
+        assert snapshot.chunks is not None and snapshot.chunks.completed == 3
+    finally:
+        raw.close()
+        await store.broker.aclose()
