@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 import pytest
@@ -342,7 +343,10 @@ async def test_tracker_closed_leaves_nothing_of_its_updates_in_the_job(redis_url
     # published to by a tracker per task (one per chunk) must not keep one entry each.
     store = JobStore(open_broker(redis_url))
     raw = redis.Redis.from_url(redis_url)
-    fields = lambda: sorted(raw.hkeys(keys.job_key("many-writers")))  # noqa: E731
+
+    def fields() -> list[bytes]:
+        return sorted(cast(list[bytes], raw.hkeys(keys.job_key("many-writers"))))
+
     try:
         await store.publish("many-writers", Update(chunks=ChunksPatch(total=3)))
         for index in range(3):
