@@ -123,8 +123,9 @@ class Delivery:
         for snapshot in await self._store.get_many(job_ids):
             channel = self._channels.get(snapshot.job_id)
             if channel is not None:
+                rewound = _rewound(channel, snapshot, epoch)
                 self._channels.observe(snapshot, epoch)
-                self._push_snapshot(channel, snapshot)
+                self._push_snapshot(channel, snapshot, rewound=rewound)
         every_job = self._channels.get(None)
         if every_job is not None and (wanted is None or None in wanted):
             await self._resync_dashboards(every_job)
@@ -145,9 +146,16 @@ class Delivery:
             self._push_snapshot(channel, snapshot)
 
     @staticmethod
-    def _push_snapshot(channel: Channel, snapshot: Snapshot) -> None:
+    def _push_snapshot(channel: Channel, snapshot: Snapshot, *, rewound: bool = False) -> None:
+        """Give the channel's streams `snapshot`; `rewound`: the stored job is older than
+        what they were shown, and it goes on from there (`_rewound`)."""
         data = ENCODER.encode(snapshot)
-        channel.last_seq = max(channel.last_seq, snapshot.seq)
+        if rewound:
+            log.warning("job_rewound", job_id=snapshot.job_id, shown=channel.last_seq,
+                        stored=snapshot.seq)  # fmt: skip
+            channel.last_seq = snapshot.seq
+        else:
+            channel.last_seq = max(channel.last_seq, snapshot.seq)
         dashboard_frame = frames.event(b"snapshot", data)
         frame = frames.event(b"snapshot", data, snapshot.seq)
         final = snapshot.is_terminal
@@ -158,10 +166,21 @@ class Delivery:
                 if mailbox.wants(snapshot.job_id):
                     mailbox.push(snapshot.job_id, dashboard_frame)
                 continue
-            if snapshot.seq < mailbox.last_seq:
+            if snapshot.seq < mailbox.last_seq and not rewound:
                 # Live delivery got there first: the stream already shows a newer state,
                 # and this snapshot would move its bar backwards. An equal one is still
                 # sent: after a gap every stream hears the current state (docs/api.md §8).
                 continue
             mailbox.last_seq = snapshot.seq
             mailbox.push(snapshot.job_id, frame, seq=snapshot.seq, final=final)
+
+
+def _rewound(channel: Channel, snapshot: Snapshot, epoch: int) -> bool:
+    """True when a job read after a gap is older than what its streams were shown, and
+    no newer event came after the gap: the writes past it were lost (a failover before
+    the replica had them, a Redis restart that lost its last writes). The job goes on
+    from the stored seq, reusing the lost ones, so its streams must take them again
+    (docs/production.md, failover)."""
+    seen = channel.snapshot
+    newer_since_gap = seen is not None and channel.epoch == epoch and seen.seq > snapshot.seq
+    return snapshot.seq < channel.last_seq and not newer_since_gap

@@ -192,7 +192,9 @@ export function watchJob(jobId, options = {}) {
     if (!next || next.job_id !== jobId || ended) return;
     // A job deleted and created again restarts at seq 1 with a new created_at.
     const recreated = createdAt !== null && next.created_at !== createdAt;
-    if (next.seq <= lastSeq && !recreated) return;
+    // An end is the job's last seq: one at or below what we have means the stored
+    // history went back (a failover that lost writes) and the job ended in it.
+    if (next.seq <= lastSeq && !recreated && !isTerminal(next.status)) return;
     lastSeq = next.seq;
     createdAt = next.created_at;
     snapshot = next;

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from progress_hub.embedded import EmbeddedServer
-from pubsub.brokers.keys import job_channel
+from pubsub.brokers.keys import job_channel, job_key
 from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric
@@ -173,3 +173,33 @@ async def test_garbage_on_a_job_channel_is_logged_and_ignored(
             assert await metric(http, "progress_messages_ignored_total") == 4
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert sum(1 for line in lines if line["event"] == "broker_message_ignored") == 4
+
+
+async def test_a_job_whose_last_writes_were_lost_goes_on_from_its_stored_seq_on_open_streams(
+    own_redis: EmbeddedServer,
+) -> None:
+    # What a failover before the replica had the last writes leaves (or a Redis restart
+    # that lost its last second): the stored job is older than what its streams were shown.
+    job = "rewound"
+    raw = redis.Redis.from_url(own_redis.url)
+    with spawn_hub({"PROGRESS_BROKER_URL": own_redis.url}) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            for progress in (10, 20, 30):
+                await _publish(http, job, {"progress": progress})
+            kept = raw.hgetall(job_key(job))
+            async with await RawStream.open(hub.url, f"/api/jobs/{job}/events") as stream:
+                opening = await stream.next_event()
+                assert opening is not None and opening.seq == 3
+                for progress in (40, 50):
+                    await _publish(http, job, {"progress": progress})
+                    assert (event := await stream.next_event()) is not None
+                assert event.seq == 5
+                raw.hset(job_key(job), mapping=kept)  # seqs 4 and 5 lost
+                raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the feed's gap
+                resync = await stream.next_event()
+                assert resync is not None and (resync.event, resync.seq) == ("snapshot", 3)
+                # The job goes on, reusing the lost seqs, and its streams take them.
+                assert await _publish(http, job, {"status": "completed"}) == 4
+                ending = [block for block in await stream.blocks_until_close() if block.event]
+    raw.close()
+    assert [(block.event, block.seq) for block in ending][:2] == [("progress", 4), ("end", 4)]

@@ -100,6 +100,17 @@ describe('watchJob streaming', () => {
     assert.equal(seen.ends.length, 1);
   });
 
+  test('an end at a seq already shown still ends the watch (writes lost in a failover)', () => {
+    const { seen, handle } = follow();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 5 }));
+    // The master that held seqs 4-5 failed before its replica had them: the job went
+    // on from seq 3 and completed at seq 4.
+    es.emit('progress', snap({ seq: 4, status: 'completed', progress: 100 }));
+    assert.deepEqual(seen.ends, [[4, 'completed']]);
+    assert.equal(handle.mode, 'ended');
+  });
+
   test('a job deleted and created again is followed from its new seq 1', () => {
     const { seen } = follow();
     const es = FakeEventSource.latest();
