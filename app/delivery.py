@@ -120,15 +120,36 @@ class Delivery:
             if wanted is None or job_id in wanted
         ]
         job_ids = [job_id for job_id, _ in followed if job_id is not None]
-        for snapshot in await self._store.get_many(job_ids):
-            channel = self._channels.get(snapshot.job_id)
-            if channel is not None:
-                rewound = _rewound(channel, snapshot, epoch)
-                self._channels.observe(snapshot, epoch)
-                self._push_snapshot(channel, snapshot, rewound=rewound)
+        behind = self._push_read(await self._store.get_many(job_ids), epoch)
+        if behind:
+            # Read older than what their streams were shown: the job was rewound, or live
+            # delivery raced the read. Events that came meanwhile with a seq the streams
+            # had were taken for repeats, and may have been the rewound job's next
+            # updates (its end, even): one more read settles either way.
+            self._push_read(await self._store.get_many(behind), epoch, again=True)
         every_job = self._channels.get(None)
         if every_job is not None and (wanted is None or None in wanted):
             await self._resync_dashboards(every_job)
+
+    def _push_read(
+        self, snapshots: list[Snapshot], epoch: int, *, again: bool = False
+    ) -> list[str]:
+        """Give the streams of each followed job its snapshot read after a gap (`again`:
+        a second read, given only where it is rewound or newer than what they have);
+        the jobs whose read was older than what their streams were shown."""
+        behind: list[str] = []
+        for snapshot in snapshots:
+            channel = self._channels.get(snapshot.job_id)
+            if channel is None:
+                continue
+            older = snapshot.seq < channel.last_seq
+            rewound = _rewound(channel, snapshot, epoch)
+            self._channels.observe(snapshot, epoch)
+            if not again or rewound or snapshot.seq > channel.last_seq:
+                self._push_snapshot(channel, snapshot, rewound=rewound)
+            if older:
+                behind.append(snapshot.job_id)
+        return behind
 
     async def _resync_dashboards(self, channel: Channel) -> None:
         named: set[str] = set()

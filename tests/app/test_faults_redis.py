@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import cast
 
 import httpx
+import msgspec
 import pytest
 import redis
 
 from progress_hub.embedded import EmbeddedServer
+from pubsub.broker import open_broker
 from pubsub.brokers.keys import job_channel, job_key
+from pubsub.events import Update
+from pubsub.store import JobStore
 from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric
+from tests.proxy import HoldingRelay
 from tests.streams import RawStream
 
 STREAMS = 100
@@ -208,3 +213,61 @@ async def test_a_job_whose_last_writes_were_lost_goes_on_from_its_stored_seq_on_
                 ending = [block for block in await stream.blocks_until_close() if block.event]
     raw.close()
     assert [(block.event, block.seq) for block in ending][:2] == [("progress", 4), ("end", 4)]
+
+
+@pytest.mark.parametrize("through", ["worker", "hub"])
+async def test_an_end_reusing_a_lost_seq_while_the_resync_reads_still_ends_the_stream(
+    tmp_path: Path, through: str
+) -> None:
+    # As above, and the job ends while the hub's resync read is out: the end's event
+    # arrives first, with a seq the stream was already shown, and only a read can tell
+    # it from a repeat. Published by a worker straight to Redis, or through the hub
+    # (which then also knows the end from its own commit).
+    job, bystander = "rewound-race", "bystander"
+    key = job_key(job).encode()
+    with EmbeddedServer(data_dir=tmp_path / "redis") as server:
+        raw = redis.Redis(port=server.port)
+        worker = JobStore(open_broker(server.url))
+        with HoldingRelay(server.port) as relay:
+            hub_env = {"PROGRESS_BROKER_URL": f"redis://127.0.0.1:{relay.port}/0"}
+            with spawn_hub(hub_env) as hub:
+                async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+
+                    async def publish(job_id: str, body: dict[str, object]) -> int:
+                        if through == "hub":
+                            return await _publish(http, job_id, body)
+                        return (await worker.publish(job_id, msgspec.convert(body, Update))).seq
+
+                    for progress in (10, 20, 30):
+                        await publish(job, {"progress": progress})
+                    await publish(bystander, {"progress": 1})
+                    kept = cast(dict[bytes, bytes], raw.hgetall(job_key(job)))
+                    followed = await RawStream.open(hub.url, f"/api/jobs/{job}/events")
+                    watcher = await RawStream.open(hub.url, f"/api/jobs/{bystander}/events")
+                    try:
+                        for stream in (followed, watcher):
+                            assert await stream.next_event() is not None
+                        for progress in (40, 50):
+                            await publish(job, {"progress": progress})
+                            assert await followed.next_event() is not None
+                        seq_3: list[bytes | str] = ["seq", kept[b"seq"], "record", kept[b"record"]]
+                        raw.hset(job_key(job), items=seq_3)  # seqs 4 and 5 lost
+                        # Hold the answers to the hub's next read of the job: the resync's.
+                        relay.arm(b"HGET\r\n$%d\r\n%s" % (len(key), key))
+                        raw.client_kill_filter(_type="pubsub")
+                        await eventually(relay.holding.is_set, bool, 10, "the resync reads")
+                        assert await publish(job, {"status": "completed"}) == 4
+                        # The bystander's update travels the feed connection after the
+                        # end's event: once it arrived, the hub has had the end's too.
+                        await publish(bystander, {"progress": 2})
+                        heard = await watcher.next_event()
+                        assert heard is not None and heard.seq == 2
+                        relay.release()
+                        blocks = await followed.blocks_until_close()
+                    finally:
+                        await followed.aclose()
+                        await watcher.aclose()
+        raw.close()
+        await worker.broker.aclose()
+    events = [(block.event, block.seq) for block in blocks if block.event]
+    assert events[-1] == ("end", 4), events
