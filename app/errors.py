@@ -16,6 +16,7 @@ from progress_hub.responses import json_response
 from pubsub.errors import (
     AccessDenied,
     BrokerUnavailable,
+    IdempotencyKeyReused,
     InvalidUpdate,
     JobExists,
     JobNotFound,
@@ -36,6 +37,7 @@ _STATUS: Final[Mapping[type[ProgressError], int]] = {
     JobExists: 409,
     JobTerminal: 409,
     InvalidUpdate: 400,
+    IdempotencyKeyReused: 422,
     PayloadTooLarge: 413,
     BrokerUnavailable: 503,
     Overloaded: 503,

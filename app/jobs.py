@@ -19,6 +19,7 @@ from progress_hub.auth import (
 )
 from progress_hub.body import check_body_limits, decode_body, read_body
 from progress_hub.fanout import Fanout
+from progress_hub.idempotency import request_key
 from progress_hub.responses import json_response
 from pubsub.events import CREATE_DECODER, UPDATE_DECODER, CreateJob
 from pubsub.store import JobStore, check_job_id
@@ -64,10 +65,11 @@ async def publish(request: Request) -> Response:
     raw = await read_body(request)
     check_body_limits(raw)
     update = decode_body(raw, UPDATE_DECODER)
+    key = request_key(request, raw)
     store: JobStore = request.state.store
     fanout: Fanout = request.state.fanout
     epoch = fanout.epoch
-    snapshot = await store.publish(job_id, update)
+    snapshot = await store.publish(job_id, update, request_key=key)
     # Streams opened here next start from it, even before the broker's echo arrives.
     fanout.observe(snapshot, epoch)
     metrics.EVENTS_PUBLISHED.inc()

@@ -222,12 +222,23 @@ def _job_paths() -> Schema:
             "post": {
                 "summary": "Publish an update (creates the job if unknown)",
                 "security": _WRITERS,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "The caller's name for this update (a UUID, say): "
+                        "the request repeated as it was, after a 503 or a lost answer, "
+                        "is applied once. The job keeps its last 64 keys.",
+                        "schema": {"type": "string", "pattern": '^"?[!#-~]{1,255}"?$'},
+                    }
+                ],
                 "requestBody": {"required": True, "content": json_body},
                 "responses": {
                     **_WRITE,
-                    "202": _json(ref("Accepted"), "Accepted"),
+                    "202": _json(ref("Accepted"), "Accepted (or held already, under its key)"),
                     "400": _error("Malformed JSON, unknown field, wrong type, bad value, stage"),
                     "409": _error("The job is terminal"),
+                    "422": _error("The Idempotency-Key was used for another body"),
                     "413": _error("Body over 64 KiB, result over 1 MiB, or meta over 8 KiB"),
                 },
             },

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 OnMessage = Callable[[bytes, bool], None]
@@ -40,10 +40,29 @@ class UpdateId:
     number: int
 
 
+REQUEST_KEYS_KEPT: Final = 64
+"""How many of its last keyed updates a job remembers (`RequestKey`): a caller's retry
+comes within seconds of its first try, long before 64 more keyed updates of one job."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """An HTTP caller's `Idempotency-Key` for one update, and a digest of that update.
+
+    The HTTP twin of `UpdateId`, for callers that do not number their updates: a job
+    remembers the keys of its last `REQUEST_KEYS_KEPT` keyed updates. The same key with
+    the same digest is a retry, applied no second time; with another digest it names a
+    different update, and the commit is refused (`IdempotencyKeyReused`).
+    """
+
+    key: str
+    digest: str
+
+
 @dataclass(frozen=True, slots=True)
 class Commit:
     """One atomic write of a job: applied only if the stored seq is still `expected_seq`
-    and, with an `update_id`, the job does not hold that update already."""
+    and, with an `update_id` or a `request_key`, the job does not hold that update already."""
 
     job_id: str
     expected_seq: int
@@ -60,6 +79,7 @@ class Commit:
     final: bool = False
     """The job ends with this commit: a broker keeps nothing of it for a next one."""
     update_id: UpdateId | None = None
+    request_key: RequestKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,8 @@ class Broker(Protocol):
 
     async def commit(self, commit: Commit) -> tuple[bool, bytes | None]:
         """Write `commit` if the stored seq matches: `(True, None)`. `(True, record)`
-        when the job already holds its `update_id` (the stored record, which shows it);
+        when the job already holds its `update_id` or `request_key` (the stored record,
+        which shows it), `IdempotencyKeyReused` when its key named another update;
         `(False, record)` when the seq moved (None: no such job)."""
         ...
 

@@ -64,6 +64,18 @@ class InvalidUpdate(ProgressError):
         super().__init__(f"{reason}{where}")
 
 
+class IdempotencyKeyReused(ProgressError):
+    """An `Idempotency-Key` the job holds for a different update; nothing was changed."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"Job {job_id!r} already applied an update under this Idempotency-Key, with a "
+            "different body: a retry repeats the body byte for byte, and a new update "
+            "takes a new key."
+        )
+
+
 class PayloadTooLarge(ProgressError):
     """A body, result or metadata is over its size limit."""
 

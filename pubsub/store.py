@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from pubsub.broker import Broker, Commit, UpdateId
+from pubsub.broker import Broker, Commit, RequestKey, UpdateId
 from pubsub.errors import (
     BrokerUnavailable,
     InvalidUpdate,
@@ -128,11 +128,14 @@ class JobStore:
         *,
         pipeline: str | None = None,
         update_id: UpdateId | None = None,
+        request_key: RequestKey | None = None,
     ) -> Snapshot:
         """Apply `update` to a job, creating it (with `pipeline`) if it does not exist.
 
-        `update_id` (a tracker's) makes a retry of an update in doubt safe: a job that
-        holds it already is not changed again, and its current snapshot is returned.
+        `update_id` (a tracker's) or `request_key` (an HTTP caller's) makes a retry of an
+        update in doubt safe: a job that holds it already is not changed again, and its
+        current snapshot is returned (its end included: the retry of a job's last update
+        is not refused as an update to a finished job).
         """
         check_job_id(job_id)
         # The record this store committed last is usually still current: start from it and
@@ -155,14 +158,26 @@ class JobStore:
                 )
             try:
                 merged = apply_update(record, update, now=self._clock(), pipelines=self.pipelines)
-            except JobTerminal:
-                if cached is None:
+            except (JobTerminal, InvalidUpdate) as exc:
+                if isinstance(exc, JobTerminal) and cached is not None:
+                    # Only the stored record decides that a job is over.
+                    cached, record = None, await self._load(job_id)
+                    continue
+                # A retry of an update the job holds already may not apply a second time
+                # (the last chunk counted again is past the total; the end, to an ended
+                # job): then it is answered as held, not refused.
+                held = await self._held(record, update_id, request_key)
+                if held is None:
                     raise
-                # Only the stored record decides that a job is over.
-                cached, record = None, await self._load(job_id)
-                continue
+                return held
             committed, current = await self.broker.commit(
-                self._commit(merged, expected_seq=expected, result=result, update_id=update_id)
+                self._commit(
+                    merged,
+                    expected_seq=expected,
+                    result=result,
+                    update_id=update_id,
+                    request_key=request_key,
+                )
             )
             if committed and current is not None:
                 # An earlier attempt of this update was stored; its answer was lost.
@@ -179,6 +194,19 @@ class JobStore:
             cached = None
             record = RECORD_DECODER.decode(current) if current else None
         raise BrokerUnavailable(f"job {job_id!r} is under too many concurrent writes")
+
+    async def _held(
+        self, record: JobRecord, update_id: UpdateId | None, request_key: RequestKey | None
+    ) -> Snapshot | None:
+        """The stored snapshot of a finished job that holds this update already (the
+        job's end, whose first answer was lost), else None."""
+        if update_id is None and request_key is None:
+            return None
+        # No job is at seq -1: the commit only asks commit.lua's first question, whether
+        # the job holds the update (and, with replicas, waits for them to confirm it).
+        probe = self._commit(record, expected_seq=-1, update_id=update_id, request_key=request_key)
+        committed, current = await self.broker.commit(probe)
+        return RECORD_DECODER.decode(current).snapshot if committed and current else None
 
     async def forget_writer(self, job_id: str, writer: str) -> None:
         """Drop what a job keeps of a writer's updates (`UpdateId`), once it has closed:
@@ -401,6 +429,7 @@ class JobStore:
         expected_seq: int,
         result: bytes | None = None,
         update_id: UpdateId | None = None,
+        request_key: RequestKey | None = None,
     ) -> Commit:
         snapshot = record.snapshot
         snapshot_json = ENCODER.encode(snapshot)
@@ -422,6 +451,7 @@ class JobStore:
             ),
             final=snapshot.is_terminal,
             update_id=update_id,
+            request_key=request_key,
         )
 
 

@@ -21,13 +21,13 @@ from typing import Any, Final, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from pubsub.broker import Commit, MilestoneStep, UpdateId
+from pubsub.broker import REQUEST_KEYS_KEPT, Commit, MilestoneStep, RequestKey, UpdateId
 from pubsub.brokers import keys
 from pubsub.brokers.batch import TickBatcher
 from pubsub.brokers.connect import OUTAGE_ERRORS, Connector, translated_outage
 from pubsub.brokers.routing import CommandRouter
 from pubsub.brokers.slotkeys import SlotKeys
-from pubsub.errors import BrokerUnavailable, ReplicasUnconfirmed
+from pubsub.errors import BrokerUnavailable, IdempotencyKeyReused, ReplicasUnconfirmed
 
 REPLICA_WAIT_MS: Final = 1000
 """How long a commit waits for `replicas` replicas to confirm it (docs/api.md §8)."""
@@ -45,6 +45,9 @@ MILESTONE_SCRIPT: Final = _script("milestone.lua")
 
 NO_WRITER: Final = (b"", b"0")
 """commit.lua's writer arguments for a commit without an `UpdateId`."""
+NO_REQUEST: Final = (b"", b"")
+"""commit.lua's request key arguments for a commit without a `RequestKey`."""
+KEPT_ARG: Final = b"%d" % REQUEST_KEYS_KEPT
 
 SLOT_KEYS: Final = SlotKeys()
 """The KEYS of the jobs this process publishes to (one table per process, as a job's keys
@@ -122,6 +125,8 @@ class RedisCommands:
         reply = await self._commits.call(commit)
         if reply[0] == 1:
             return True, None
+        if reply[0] == 3:
+            raise IdempotencyKeyReused(commit.job_id)
         # 2: the job holds this update already (commit.lua), 0: the seq moved.
         return reply[0] == 2, reply[1] if len(reply) > 1 else None
 
@@ -291,11 +296,17 @@ def _commit_command(c: Commit) -> tuple[Any, ...]:
         repr(c.created_at).encode(),
         repr(c.quiet_since).encode() if c.quiet_since is not None else b"",
         *(_writer_args(c.update_id) if c.update_id else NO_WRITER),
+        *(_request_args(c.request_key) if c.request_key else NO_REQUEST),
+        KEPT_ARG,
     )
 
 
 def _writer_args(update_id: UpdateId) -> tuple[bytes, bytes]:
     return keys.writer_field(update_id.writer).encode(), b"%d" % update_id.number
+
+
+def _request_args(request_key: RequestKey) -> tuple[bytes, bytes]:
+    return request_key.key.encode(), request_key.digest.encode()
 
 
 def _raised(replies: list[Any]) -> list[Any]:

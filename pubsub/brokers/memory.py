@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from pubsub.broker import Commit, MilestoneStep, OnGap, OnMessage
-from pubsub.errors import BrokerUnavailable
+from pubsub.broker import REQUEST_KEYS_KEPT, Commit, MilestoneStep, OnGap, OnMessage
+from pubsub.errors import BrokerUnavailable, IdempotencyKeyReused
 
 
 @dataclass(slots=True)
@@ -26,6 +26,9 @@ class _Job:
     calls: dict[str, int] = field(default_factory=dict)
     writers: dict[str, int] = field(default_factory=dict)
     """The number of each writer's latest update this job holds (`UpdateId`)."""
+    requests: dict[str, str] = field(default_factory=dict)
+    """The digest of the update of each of the job's last request keys, oldest first
+    (`RequestKey`)."""
 
 
 class MemoryBroker:
@@ -72,6 +75,11 @@ class MemoryBroker:
         update_id = commit.update_id
         if job and update_id and job.writers.get(update_id.writer, 0) >= update_id.number:
             return True, job.record
+        request = commit.request_key
+        if job and request and request.key in job.requests:
+            if job.requests[request.key] != request.digest:
+                raise IdempotencyKeyReused(commit.job_id)
+            return True, job.record
         current = job.seq if job else 0
         if current != commit.expected_seq:
             return False, job.record if job else None
@@ -93,6 +101,10 @@ class MemoryBroker:
             job.result = commit.result
         if update_id is not None:
             job.writers[update_id.writer] = update_id.number
+        if request is not None:
+            job.requests[request.key] = request.digest
+            if len(job.requests) > REQUEST_KEYS_KEPT:
+                del job.requests[next(iter(job.requests))]
         self._publish(commit.job_id, commit.envelope)
         return True, None
 

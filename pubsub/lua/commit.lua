@@ -4,10 +4,14 @@
 --       pubsub/brokers/keys.py).
 -- ARGV: expected seq, record, snapshot, envelope, ttl, history length,
 --       result ('' = keep), job id, creation time, last update time ('' = cannot stall),
---       the writer's field of the job hash ('' = none), the writer's update number.
+--       the writer's field of the job hash ('' = none), the writer's update number,
+--       the caller's request key ('' = none), the digest of its update, how many
+--       request keys the job keeps.
 -- Returns {1} once written, {0, record} when the seq moved, and {2, record} when the job
--- holds this writer's update already: a retry whose first answer was lost (a dropped
--- connection, a WAIT that timed out) is applied once (pubsub/broker.py UpdateId).
+-- holds this writer's update, or this request key's, already: a retry whose first answer
+-- was lost (a dropped connection, a WAIT that timed out) is applied once
+-- (pubsub/broker.py UpdateId, RequestKey). {3} when the job holds the request key for
+-- another update's digest.
 -- The events go out with SPUBLISH from here: Redis (7.0 and later, cluster mode too)
 -- accepts it in a script when the channel is in the script's slot, so the write and its
 -- publication are one atomic step, on one server or a cluster.
@@ -16,6 +20,21 @@ if writer then
   local held = redis.call('HGET', KEYS[1], writer)
   if held and tonumber(held) >= tonumber(ARGV[12]) then
     return {2, redis.call('HGET', KEYS[1], 'record')}
+  end
+end
+-- The job's last request keys: one string of '\n<key> <digest>' entries, oldest first
+-- (keys are visible ASCII, no space: app/idempotency.py), so a lookup is one find.
+local request = ARGV[13] ~= '' and ARGV[13] or nil
+local requests = ''
+if request then
+  requests = redis.call('HGET', KEYS[1], 'requests') or ''
+  local at = string.find(requests, '\n' .. request .. ' ', 1, true)
+  if at then
+    local from = at + #request + 2
+    if string.sub(requests, from, from + #ARGV[14] - 1) == ARGV[14] then
+      return {2, redis.call('HGET', KEYS[1], 'record')}
+    end
+    return {3}
   end
 end
 local current = redis.call('HGET', KEYS[1], 'seq') or '0'
@@ -27,6 +46,14 @@ if writer then
   redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2], writer, ARGV[12])
 else
   redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2])
+end
+if request then
+  requests = requests .. '\n' .. request .. ' ' .. ARGV[14]
+  local _, kept = string.gsub(requests, '\n', '')
+  if kept > tonumber(ARGV[15]) then
+    requests = string.sub(requests, (string.find(requests, '\n', 2, true)))
+  end
+  redis.call('HSET', KEYS[1], 'requests', requests)
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)

@@ -223,3 +223,27 @@ async def test_result_of_a_job_without_one_says_so_not_that_it_does_not_exist(
     assert "has no result (it is running)" in answer.json()["error"]
     missing = await client.get("/api/jobs/never-made/result")
     assert "does not exist" in missing.json()["error"]
+
+
+async def test_publish_repeated_under_its_idempotency_key_is_applied_once(
+    client: httpx.AsyncClient,
+) -> None:
+    url = "/api/jobs/keyed-chunks/events"
+    await _post(client, "keyed-chunks", chunks={"total": 3})
+    chunk = {"chunks": {"add_completed": 1}}
+    # The draft's quoted form and the bare one name the same key.
+    first = await client.post(url, json=chunk, headers={"Idempotency-Key": '"chunk-1"'})
+    again = await client.post(url, json=chunk, headers={"Idempotency-Key": "chunk-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json() == {"job_id": "keyed-chunks", "seq": 2}
+    reused = await client.post(
+        url, json={"chunks": {"add_completed": 2}}, headers={"Idempotency-Key": "chunk-1"}
+    )
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.json()["error"]
+    bad = await client.post(url, json=chunk, headers={"Idempotency-Key": "two words"})
+    assert bad.status_code == 400 and bad.json()["field"] == "Idempotency-Key"
+    stored = (await client.get("/api/jobs/keyed-chunks")).json()
+    assert (stored["seq"], stored["chunks"]["completed"]) == (2, 1)
+    # A new key is a new update.
+    second = await client.post(url, json=chunk, headers={"Idempotency-Key": "chunk-2"})
+    assert second.json()["seq"] == 3

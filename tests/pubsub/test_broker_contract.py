@@ -8,8 +8,14 @@ import anyio
 import msgspec
 import pytest
 
-from pubsub.broker import Broker, UpdateId, open_broker
-from pubsub.errors import BrokerUnavailable, JobExists, JobNotFound, JobTerminal
+from pubsub.broker import REQUEST_KEYS_KEPT, Broker, RequestKey, UpdateId, open_broker
+from pubsub.errors import (
+    BrokerUnavailable,
+    IdempotencyKeyReused,
+    JobExists,
+    JobNotFound,
+    JobTerminal,
+)
 from pubsub.events import ENVELOPE_DECODER, ChunksPatch, EventKind, JobStatus, Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
@@ -101,6 +107,45 @@ async def test_store_retry_of_an_update_it_holds_changes_nothing(
     anew = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 2))
     assert anew.chunks is not None and (anew.seq, anew.chunks.completed) == (5, 4)
     assert len(await contract_store.history("counted")) == 5
+
+
+async def test_store_retry_under_a_request_key_is_applied_once(
+    contract_store: JobStore,
+) -> None:
+    # An HTTP caller's retry: the same key and body, from a store (another hub process)
+    # that did not make the first attempt.
+    chunk = Update(chunks=ChunksPatch(add_completed=1))
+    await contract_store.publish("keyed", Update(chunks=ChunksPatch(total=2)))
+    first = await contract_store.publish("keyed", chunk, request_key=RequestKey("k1", "d1"))
+    elsewhere = JobStore(contract_store.broker, history=5)
+    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey("k1", "d1")) == first
+    # The key with another update's digest is refused, and changes nothing.
+    with pytest.raises(IdempotencyKeyReused):
+        await elsewhere.publish("keyed", chunk, request_key=RequestKey("k1", "d2"))
+    last = await contract_store.publish("keyed", chunk, request_key=RequestKey("k2", "d1"))
+    assert last.chunks is not None and (last.seq, last.chunks.completed) == (3, 2)
+    # The retry of the last chunk would be past the total, and of an end, to an ended
+    # job: each is answered as held, not refused.
+    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey("k2", "d1")) == last
+    done = Update(status=JobStatus.COMPLETED)
+    end = await contract_store.publish("keyed", done, request_key=RequestKey("k3", "d3"))
+    assert await elsewhere.publish("keyed", done, request_key=RequestKey("k3", "d3")) == end
+    with pytest.raises(JobTerminal):
+        await elsewhere.publish("keyed", done, request_key=RequestKey("k4", "d3"))
+    assert await contract_store.get("keyed") == end
+
+
+async def test_store_keeps_the_request_keys_of_a_jobs_last_keyed_updates(
+    contract_store: JobStore,
+) -> None:
+    beat = Update(message="tick")
+    for n in range(REQUEST_KEYS_KEPT + 1):
+        await contract_store.publish("window", beat, request_key=RequestKey(f"k{n}", "d"))
+    # The newest keys are held; the oldest has left the window and applies again.
+    held = await contract_store.publish("window", beat, request_key=RequestKey("k1", "d"))
+    assert held.seq == REQUEST_KEYS_KEPT + 1
+    anew = await contract_store.publish("window", beat, request_key=RequestKey("k0", "d"))
+    assert anew.seq == REQUEST_KEYS_KEPT + 2
 
 
 async def test_store_history_is_capped_and_ordered(contract_store: JobStore) -> None:

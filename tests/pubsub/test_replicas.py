@@ -91,3 +91,35 @@ async def test_tracker_retry_of_an_unconfirmed_update_counts_its_chunks_once(
     assert (stored.seq, stored.chunks.completed) == (written.seq, 2), "applied once"
     warned = [entry for entry in logs if entry["event"] == "broker_unavailable"]
     assert warned and "INFO replication" in warned[0]["check"], "it names the replicas"
+
+
+async def test_http_retry_of_an_unconfirmed_update_under_its_key_counts_it_once(
+    tmp_path: Path, start_hub: HubFactory
+) -> None:
+    # What an HTTP worker does on a 503: send the same request again, key included.
+    with (
+        EmbeddedServer(data_dir=tmp_path / "master") as master,
+        EmbeddedServer(data_dir=tmp_path / "replica") as replica,
+    ):
+        hub = start_hub(broker_url=master.url, broker_replicas=1)
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+
+            async def send(key: str, chunks: dict[str, int]) -> int:
+                response = await http.post(
+                    "/api/jobs/keyed-in-doubt/events",
+                    json={"chunks": chunks},
+                    headers={"Idempotency-Key": key},
+                )
+                return response.status_code
+
+            # Written on the master, but no replica confirms them: not acknowledged.
+            assert await send("total", {"total": 4}) == 503
+            assert await send("chunk-0", {"add_completed": 1}) == 503
+            replica.client().replicaof("127.0.0.1", master.port)
+            await eventually(
+                lambda: send("chunk-0", {"add_completed": 1}), lambda s: s == 202, 15, "acked"
+            )
+            assert await send("total", {"total": 4}) == 202
+            stored = (await http.get("/api/jobs/keyed-in-doubt")).json()
+    assert stored["seq"] == 2, "each update applied once"
+    assert (stored["chunks"]["total"], stored["chunks"]["completed"]) == (4, 1)

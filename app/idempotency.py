@@ -1,0 +1,38 @@
+"""The `Idempotency-Key` of an HTTP publish: the caller's name for one update, so that a
+retry after a `503` or a lost answer is applied once (docs/api.md §8).
+
+The header is the IETF httpapi draft's: a string, quoted as a structured field or bare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+from starlette.requests import Request
+
+from pubsub.broker import RequestKey
+from pubsub.errors import InvalidUpdate
+
+HEADER: Final = "idempotency-key"
+# Visible ASCII with no space nor quote: commit.lua stores a job's keys as
+# '\n<key> <digest>' entries and finds one with a plain search.
+_KEY: Final = re.compile(r'"?([!#-~]{1,255})"?')
+
+
+def request_key(request: Request, body: bytes) -> RequestKey | None:
+    """The request's key and its body's digest, None without the header; `InvalidUpdate`
+    for a key the hub cannot keep."""
+    raw = request.headers.get(HEADER)
+    if raw is None:
+        return None
+    match = _KEY.fullmatch(raw)
+    if match is None:
+        raise InvalidUpdate(
+            "Idempotency-Key must be 1-255 visible ASCII characters with no space or "
+            "quote (a UUID, say), optionally in double quotes",
+            field="Idempotency-Key",
+        )
+    # The same key must come with the same update: a retry repeats its body byte for byte.
+    return RequestKey(match[1], hashlib.blake2b(body, digest_size=8).hexdigest())
