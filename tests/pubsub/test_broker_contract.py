@@ -107,6 +107,11 @@ async def test_store_retry_of_an_update_it_holds_changes_nothing(
     anew = await contract_store.publish("counted", chunk, update_id=UpdateId("w1", 2))
     assert anew.chunks is not None and (anew.seq, anew.chunks.completed) == (5, 4)
     assert len(await contract_store.history("counted")) == 5
+    # The retry of a job's end is held too, not refused as an update to an ended job.
+    done = Update(status=JobStatus.COMPLETED)
+    end = await contract_store.publish("counted", done, update_id=UpdateId("w3", 1))
+    elsewhere = JobStore(contract_store.broker, history=5)
+    assert await elsewhere.publish("counted", done, update_id=UpdateId("w3", 1)) == end
 
 
 async def test_store_retry_under_a_request_key_is_applied_once(
