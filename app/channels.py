@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 import anyio
 import structlog
@@ -24,6 +25,8 @@ from pubsub.events import Snapshot
 
 log = structlog.get_logger(__name__)
 
+KEPT_AFTER_GAP: Final = 64
+
 
 @dataclass(slots=True, eq=False)
 class Channel:
@@ -31,12 +34,32 @@ class Channel:
 
     mailboxes: set[Mailbox] = field(default_factory=set)
     last_seq: int = 0
+    """The newest seq this channel's streams were given."""
+    shown_epoch: int = -1
+    """The broker feed epoch `last_seq` was given in. Until a gap's resync settles the
+    channel, an event at or below it is not surely a repeat (`keep`)."""
+    kept: list[tuple[Snapshot, bytes]] | None = None
     snapshot: Snapshot | None = None
     """The job's latest snapshot seen since the subscription began (None: not yet)."""
     epoch: int = -1
     """The broker feed epoch `snapshot` belongs to: only the current one is trusted."""
     subscribed: asyncio.Future[None] | None = None
     """Done once the broker confirmed the subscription (None: confirmed long ago)."""
+
+    def keep(self, snapshot: Snapshot, data: bytes) -> None:
+        """Hold an event at or below `last_seq` that came after a gap, before its resync
+        read settled the channel: if the read finds the job rewound (writes lost), the
+        event is the job's reuse of a lost seq, to be given after all (app/delivery.py)."""
+        kept = self.kept if self.kept is not None else []
+        kept.append((snapshot, data))
+        # A job's updates between a gap and its read are few; past these, the read's
+        # snapshot covers the oldest.
+        self.kept = kept[-KEPT_AFTER_GAP:]
+
+    def settle(self, epoch: int) -> list[tuple[Snapshot, bytes]]:
+        """The channel is known current as of `epoch`: what it kept, oldest seq first."""
+        kept, self.kept, self.shown_epoch = self.kept or [], None, epoch
+        return sorted(kept, key=lambda event: event[0].seq)
 
     def observe(self, snapshot: Snapshot, epoch: int) -> None:
         """Keep `snapshot` as the job's latest if it is newer than what is known."""

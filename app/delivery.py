@@ -59,11 +59,19 @@ class Delivery:
             for mailbox in list(channel.mailboxes):
                 mailbox.push(snapshot.job_id, frame, final=True)
             return
+        epoch = self._broker.feed_epoch
+        if snapshot.seq > channel.last_seq:
+            self._deliver(channel, snapshot, data, epoch)
+        elif channel.shown_epoch != epoch:
+            # After a gap, until its resync read settles the channel: maybe a rewound
+            # job's reuse of a lost seq (`_rewound`), maybe a repeat. The read decides.
+            channel.keep(snapshot, data)
+
+    def _deliver(self, channel: Channel, snapshot: Snapshot, data: bytes, epoch: int) -> None:
+        """Give the channel's streams an event newer than any they were given."""
         seq = snapshot.seq
-        if seq <= channel.last_seq:
-            return
-        channel.last_seq = seq
-        channel.observe(snapshot, self._broker.feed_epoch)
+        channel.last_seq, channel.shown_epoch, channel.kept = seq, epoch, None
+        channel.observe(snapshot, epoch)
         frame = frames.event(b"progress", data, seq)
         final = snapshot.is_terminal
         if final:
@@ -120,36 +128,24 @@ class Delivery:
             if wanted is None or job_id in wanted
         ]
         job_ids = [job_id for job_id, _ in followed if job_id is not None]
-        behind = self._push_read(await self._store.get_many(job_ids), epoch)
-        if behind:
-            # Read older than what their streams were shown: the job was rewound, or live
-            # delivery raced the read. Events that came meanwhile with a seq the streams
-            # had were taken for repeats, and may have been the rewound job's next
-            # updates (its end, even): one more read settles either way.
-            self._push_read(await self._store.get_many(behind), epoch, again=True)
+        self._push_read(await self._store.get_many(job_ids), epoch)
         every_job = self._channels.get(None)
         if every_job is not None and (wanted is None or None in wanted):
             await self._resync_dashboards(every_job)
 
-    def _push_read(
-        self, snapshots: list[Snapshot], epoch: int, *, again: bool = False
-    ) -> list[str]:
-        """Give the streams of each followed job its snapshot read after a gap (`again`:
-        a second read, given only where it is rewound or newer than what they have);
-        the jobs whose read was older than what their streams were shown."""
-        behind: list[str] = []
+    def _push_read(self, snapshots: list[Snapshot], epoch: int) -> None:
+        """Give the streams of each followed job its snapshot read after a gap, then the
+        events kept meanwhile that are newer than it (a rewound job's next updates)."""
         for snapshot in snapshots:
             channel = self._channels.get(snapshot.job_id)
             if channel is None:
                 continue
-            older = snapshot.seq < channel.last_seq
             rewound = _rewound(channel, snapshot, epoch)
             self._channels.observe(snapshot, epoch)
-            if not again or rewound or snapshot.seq > channel.last_seq:
-                self._push_snapshot(channel, snapshot, rewound=rewound)
-            if older:
-                behind.append(snapshot.job_id)
-        return behind
+            self._push_snapshot(channel, snapshot, rewound=rewound)
+            for event, data in channel.settle(epoch):
+                if event.seq > channel.last_seq:
+                    self._deliver(channel, event, data, epoch)
 
     async def _resync_dashboards(self, channel: Channel) -> None:
         named: set[str] = set()
@@ -197,11 +193,10 @@ class Delivery:
 
 
 def _rewound(channel: Channel, snapshot: Snapshot, epoch: int) -> bool:
-    """True when a job read after a gap is older than what its streams were shown, and
-    no newer event came after the gap: the writes past it were lost (a failover before
-    the replica had them, a Redis restart that lost its last writes). The job goes on
-    from the stored seq, reusing the lost ones, so its streams must take them again
-    (docs/production.md, failover)."""
-    seen = channel.snapshot
-    newer_since_gap = seen is not None and channel.epoch == epoch and seen.seq > snapshot.seq
-    return snapshot.seq < channel.last_seq and not newer_since_gap
+    """True when a job read after a gap is older than what its streams were given before
+    the gap: the writes past it were lost (a failover before the replica had them, a
+    Redis restart that lost its last writes). The job goes on from the stored seq,
+    reusing the lost ones, so its streams must take them again, the ones that came while
+    the read was out included (`Channel.keep`; docs/production.md, failover). A stream
+    given a newer event since the gap shows a state newer than the read: no rewind."""
+    return snapshot.seq < channel.last_seq and channel.shown_epoch != epoch

@@ -216,13 +216,13 @@ async def test_a_job_whose_last_writes_were_lost_goes_on_from_its_stored_seq_on_
 
 
 @pytest.mark.parametrize("through", ["worker", "hub"])
-async def test_an_end_reusing_a_lost_seq_while_the_resync_reads_still_ends_the_stream(
+async def test_updates_reusing_lost_seqs_while_the_resync_reads_reach_the_stream_in_order(
     tmp_path: Path, through: str
 ) -> None:
-    # As above, and the job ends while the hub's resync read is out: the end's event
-    # arrives first, with a seq the stream was already shown, and only a read can tell
-    # it from a repeat. Published by a worker straight to Redis, or through the hub
-    # (which then also knows the end from its own commit).
+    # As above, and the job goes on and ends while the hub's resync read is out: their
+    # events arrive first, with seqs the stream was already shown, and only the read can
+    # tell them from repeats. Published by a worker straight to Redis, or through the hub
+    # (which then also knows them from its own commits).
     job, bystander = "rewound-race", "bystander"
     key = job_key(job).encode()
     with EmbeddedServer(data_dir=tmp_path / "redis") as server:
@@ -256,7 +256,8 @@ async def test_an_end_reusing_a_lost_seq_while_the_resync_reads_still_ends_the_s
                         relay.arm(b"HGET\r\n$%d\r\n%s" % (len(key), key))
                         raw.client_kill_filter(_type="pubsub")
                         await eventually(relay.holding.is_set, bool, 10, "the resync reads")
-                        assert await publish(job, {"status": "completed"}) == 4
+                        assert await publish(job, {"progress": 60}) == 4
+                        assert await publish(job, {"status": "completed"}) == 5
                         # The bystander's update travels the feed connection after the
                         # end's event: once it arrived, the hub has had the end's too.
                         await publish(bystander, {"progress": 2})
@@ -270,4 +271,5 @@ async def test_an_end_reusing_a_lost_seq_while_the_resync_reads_still_ends_the_s
         raw.close()
         await worker.broker.aclose()
     events = [(block.event, block.seq) for block in blocks if block.event]
-    assert events[-1] == ("end", 4), events
+    # The stored state, then exactly the updates that reused the lost seqs.
+    assert events[-4:] == [("snapshot", 3), ("progress", 4), ("progress", 5), ("end", 5)], events
