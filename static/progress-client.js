@@ -163,6 +163,7 @@ export function watchJob(jobId, options = {}) {
   let mode = 'connecting';
   let snapshot = null;
   let lastSeq = 0;
+  let responseSeq = 0; // the seq of the last event the stream's current response delivered
   let createdAt = null;
   let etag = null;
   let ended = false;
@@ -187,14 +188,17 @@ export function watchJob(jobId, options = {}) {
     else notify(opts.onEnd, finalSnapshot, reason);
   }
 
-  /** Deliver a snapshot once per seq; replays and poll/stream overlap repeat seqs. */
-  function accept(next, source) {
+  /**
+   * Deliver a snapshot once per seq; replays and poll/stream overlap repeat seqs.
+   * `rewound`: the hub said the job went back to this seq (its writes were lost).
+   */
+  function accept(next, source, rewound = false) {
     if (!next || next.job_id !== jobId || ended) return;
     // A job deleted and created again restarts at seq 1 with a new created_at.
     const recreated = createdAt !== null && next.created_at !== createdAt;
     // An end is the job's last seq: one at or below what we have means the stored
     // history went back (a failover that lost writes) and the job ended in it.
-    if (next.seq <= lastSeq && !recreated && !isTerminal(next.status)) return;
+    if (next.seq <= lastSeq && !recreated && !rewound && !isTerminal(next.status)) return;
     lastSeq = next.seq;
     createdAt = next.created_at;
     snapshot = next;
@@ -231,8 +235,20 @@ export function watchJob(jobId, options = {}) {
     // if we already had it. The browser's own reconnects send Last-Event-ID.
     streamUrl: () => buildUrl(opts.baseUrl, `${jobPath}/events`, query()),
     listeners: {
-      snapshot: (data) => accept(parseSnapshot(data), 'snapshot'),
-      progress: (data) => accept(parseSnapshot(data), 'progress'),
+      snapshot: (data, earlier) => {
+        const next = parseSnapshot(data);
+        // Within one response the hub sends a snapshot below a seq it gave only when
+        // the job was rewound (a failover lost its last writes: docs/production.md).
+        // A response's first snapshot may trail a poll, so it proves nothing.
+        const rewound = earlier > 0 && next !== null && next.seq < responseSeq;
+        if (next) responseSeq = next.seq;
+        accept(next, 'snapshot', rewound);
+      },
+      progress: (data) => {
+        const next = parseSnapshot(data);
+        if (next) responseSeq = next.seq; // in seq order within a response
+        accept(next, 'progress');
+      },
       deleted: (data) => end('deleted', parseSnapshot(data) || snapshot),
       // "end" follows the terminal progress event, so normally we have ended
       // already; if not, a poll fetches the terminal snapshot.

@@ -30,7 +30,9 @@ export function backoffDelay(failures, baseMs, maxMs, random = Math.random) {
  * @param {object} spec.env
  * @param {object} spec.opts
  * @param {() => string} spec.streamUrl URL for a fresh EventSource
- * @param {Record<string, (data: string) => void>} spec.listeners SSE event type → handler
+ * @param {Record<string, (data: string, earlier: number) => void>} spec.listeners SSE
+ *   event type → handler, given the event's data and how many events the same response
+ *   delivered before it (0: the first since the stream (re)opened)
  * @param {() => Promise<boolean>} spec.poll one poll; resolves false to stop, rejects on a transient failure
  * @param {(mode: string) => void} spec.setMode
  * @param {() => Promise<boolean>} spec.catchUp one read of the current state while the
@@ -44,6 +46,7 @@ export function backoffDelay(failures, baseMs, maxMs, random = Math.random) {
 export function createConnection({ env, opts, streamUrl, listeners, poll, catchUp, setMode, liveOnOpen = false }) {
   let stream = null;
   let streamHasData = false; // the current EventSource delivered at least one event
+  let responseEvents = 0; // events delivered since the stream's current response opened
   let errorTimes = [];
   let openTimer = null;
   let polling = false;
@@ -73,18 +76,20 @@ export function createConnection({ env, opts, streamUrl, listeners, poll, catchU
     const source = new env.EventSource(streamUrl());
     stream = source;
     streamHasData = false;
+    responseEvents = 0;
     for (const [type, handler] of Object.entries(listeners)) {
       source.addEventListener(type, (event) => {
         if (source !== stream || stopped) return;
         stopCatchingUp(); // events arrive in order: from here the stream is current
         streamWorks();
-        handler(event.data);
+        handler(event.data, responseEvents++);
       });
     }
     // The browser's own reconnect (with Last-Event-ID) may bring no event when
     // nothing was missed, so a re-opened stream that worked before counts as live.
     source.addEventListener('open', () => {
       if (source !== stream || stopped) return;
+      responseEvents = 0; // the browser's reconnect is a new response
       const reopened = streamHasData;
       if (streamHasData) setMode('live');
       else if (liveOnOpen) streamWorks();

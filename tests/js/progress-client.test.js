@@ -111,6 +111,32 @@ describe('watchJob streaming', () => {
     assert.equal(handle.mode, 'ended');
   });
 
+  test('a snapshot below a seq its own response gave is a rewound job: taken (writes lost in a failover)', () => {
+    const { seen } = follow();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 3 }));
+    es.emit('progress', snap({ seq: 4, progress: 40 }));
+    es.emit('progress', snap({ seq: 5, progress: 50 }));
+    // The hub's feed came back to a job stored at seq 3: it says so, then the job's
+    // next updates reuse seqs 4 and 5.
+    es.emit('snapshot', snap({ seq: 3, progress: 30 }));
+    es.emit('progress', snap({ seq: 4, progress: 45 }));
+    assert.deepEqual(seen.updates, [
+      [3, 'snapshot'], [4, 'progress'], [5, 'progress'], [3, 'snapshot'], [4, 'progress'],
+    ]);
+  });
+
+  test("a response's first snapshot below what was shown is not taken (it may trail a poll)", () => {
+    const { seen } = follow();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 5 }));
+    es.fail();
+    es.open(); // the browser's reconnect: a new response
+    es.emit('snapshot', snap({ seq: 4 }));
+    es.emit('progress', snap({ seq: 6 }));
+    assert.deepEqual(seen.updates.map(([seq]) => seq), [5, 6]);
+  });
+
   test('a job deleted and created again is followed from its new seq 1', () => {
     const { seen } = follow();
     const es = FakeEventSource.latest();
