@@ -9,6 +9,7 @@ subscription feed per process. The rules of *what* to commit live in `pubsub.mer
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -47,16 +48,26 @@ comes within seconds of its first try, long before 64 more keyed updates of one 
 
 @dataclass(frozen=True, slots=True)
 class RequestKey:
-    """An HTTP caller's `Idempotency-Key` for one update, and a digest of that update.
+    """An HTTP caller's `Idempotency-Key` for one update, and which update it named.
 
     The HTTP twin of `UpdateId`, for callers that do not number their updates: a job
-    remembers the keys of its last `REQUEST_KEYS_KEPT` keyed updates. The same key with
-    the same digest is a retry, applied no second time; with another digest it names a
-    different update, and the commit is refused (`IdempotencyKeyReused`).
+    remembers the keys of its last `REQUEST_KEYS_KEPT` keyed updates. The same key for
+    the same update is a retry, applied no second time; for another update it is
+    refused (`IdempotencyKeyReused`). Both are digests of 16 hex digits, so that each
+    key a job keeps takes 32 bytes whatever the caller sent (commit.lua).
     """
 
     key: str
-    digest: str
+    update: str
+
+    @classmethod
+    def of(cls, key: str, update: bytes) -> RequestKey:
+        """The request key of a caller's `key` and the update's bytes as it sent them."""
+        return cls(_digest(key.encode()), _digest(update))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,7 +306,7 @@ def _writer_args(update_id: UpdateId) -> tuple[bytes, bytes]:
 
 
 def _request_args(request_key: RequestKey) -> tuple[bytes, bytes]:
-    return request_key.key.encode(), request_key.digest.encode()
+    return request_key.key.encode(), request_key.update.encode()
 
 
 def _raised(replies: list[Any]) -> list[Any]:

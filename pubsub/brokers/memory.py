@@ -77,7 +77,7 @@ class MemoryBroker:
             return True, job.record
         request = commit.request_key
         if job and request and request.key in job.requests:
-            if job.requests[request.key] != request.digest:
+            if job.requests[request.key] != request.update:
                 raise IdempotencyKeyReused(commit.job_id)
             return True, job.record
         current = job.seq if job else 0
@@ -102,7 +102,7 @@ class MemoryBroker:
         if update_id is not None:
             job.writers[update_id.writer] = update_id.number
         if request is not None:
-            job.requests[request.key] = request.digest
+            job.requests[request.key] = request.update
             if len(job.requests) > REQUEST_KEYS_KEPT:
                 del job.requests[next(iter(job.requests))]
         self._publish(commit.job_id, commit.envelope)

@@ -5,8 +5,8 @@
 -- ARGV: expected seq, record, snapshot, envelope, ttl, history length,
 --       result ('' = keep), job id, creation time, last update time ('' = cannot stall),
 --       the writer's field of the job hash ('' = none), the writer's update number,
---       the caller's request key ('' = none), the digest of its update, how many
---       request keys the job keeps.
+--       the digest of the caller's request key ('' = none), the digest of its update,
+--       how many request keys the job keeps.
 -- Returns {1} once written, {0, record} when the seq moved, and {2, record} when the job
 -- holds this writer's update, or this request key's, already: a retry whose first answer
 -- was lost (a dropped connection, a WAIT that timed out) is applied once
@@ -22,19 +22,26 @@ if writer then
     return {2, redis.call('HGET', KEYS[1], 'record')}
   end
 end
--- The job's last request keys: one string of '\n<key> <digest>' entries, oldest first
--- (keys are visible ASCII, no space: app/idempotency.py), so a lookup is one find.
+-- The job's last request keys: one string of 32-character entries, oldest first, each
+-- the digest of a caller's key then the digest of its update (16 hex digits each:
+-- pubsub/broker.py RequestKey), so a lookup is a find and the bound a cut.
 local request = ARGV[13] ~= '' and ARGV[13] or nil
 local requests = ''
 if request then
   requests = redis.call('HGET', KEYS[1], 'requests') or ''
-  local at = string.find(requests, '\n' .. request .. ' ', 1, true)
-  if at then
-    local from = at + #request + 2
-    if string.sub(requests, from, from + #ARGV[14] - 1) == ARGV[14] then
-      return {2, redis.call('HGET', KEYS[1], 'record')}
+  local from = 1
+  while true do
+    local at = string.find(requests, request, from, true)
+    if not at then
+      break
     end
-    return {3}
+    if at % 32 == 1 then
+      if string.sub(requests, at + 16, at + 31) == ARGV[14] then
+        return {2, redis.call('HGET', KEYS[1], 'record')}
+      end
+      return {3}
+    end
+    from = at + 1
   end
 end
 local current = redis.call('HGET', KEYS[1], 'seq') or '0'
@@ -42,19 +49,16 @@ if current ~= ARGV[1] then
   return {0, redis.call('HGET', KEYS[1], 'record')}
 end
 local seq = tostring(tonumber(ARGV[1]) + 1)
+local fields = {'seq', seq, 'record', ARGV[2]}
 if writer then
-  redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2], writer, ARGV[12])
-else
-  redis.call('HSET', KEYS[1], 'seq', seq, 'record', ARGV[2])
+  table.insert(fields, writer)
+  table.insert(fields, ARGV[12])
 end
 if request then
-  requests = requests .. '\n' .. request .. ' ' .. ARGV[14]
-  local _, kept = string.gsub(requests, '\n', '')
-  if kept > tonumber(ARGV[15]) then
-    requests = string.sub(requests, (string.find(requests, '\n', 2, true)))
-  end
-  redis.call('HSET', KEYS[1], 'requests', requests)
+  table.insert(fields, 'requests')
+  table.insert(fields, string.sub(requests .. request .. ARGV[14], -32 * tonumber(ARGV[15])))
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
 if ARGV[7] ~= '' then

@@ -121,22 +121,22 @@ async def test_store_retry_under_a_request_key_is_applied_once(
     # that did not make the first attempt.
     chunk = Update(chunks=ChunksPatch(add_completed=1))
     await contract_store.publish("keyed", Update(chunks=ChunksPatch(total=2)))
-    first = await contract_store.publish("keyed", chunk, request_key=RequestKey("k1", "d1"))
+    first = await contract_store.publish("keyed", chunk, request_key=RequestKey.of("k1", b"d1"))
     elsewhere = JobStore(contract_store.broker, history=5)
-    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey("k1", "d1")) == first
+    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey.of("k1", b"d1")) == first
     # The key with another update's digest is refused, and changes nothing.
     with pytest.raises(IdempotencyKeyReused):
-        await elsewhere.publish("keyed", chunk, request_key=RequestKey("k1", "d2"))
-    last = await contract_store.publish("keyed", chunk, request_key=RequestKey("k2", "d1"))
+        await elsewhere.publish("keyed", chunk, request_key=RequestKey.of("k1", b"d2"))
+    last = await contract_store.publish("keyed", chunk, request_key=RequestKey.of("k2", b"d1"))
     assert last.chunks is not None and (last.seq, last.chunks.completed) == (3, 2)
     # The retry of the last chunk would be past the total, and of an end, to an ended
     # job: each is answered as held, not refused.
-    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey("k2", "d1")) == last
+    assert await elsewhere.publish("keyed", chunk, request_key=RequestKey.of("k2", b"d1")) == last
     done = Update(status=JobStatus.COMPLETED)
-    end = await contract_store.publish("keyed", done, request_key=RequestKey("k3", "d3"))
-    assert await elsewhere.publish("keyed", done, request_key=RequestKey("k3", "d3")) == end
+    end = await contract_store.publish("keyed", done, request_key=RequestKey.of("k3", b"d3"))
+    assert await elsewhere.publish("keyed", done, request_key=RequestKey.of("k3", b"d3")) == end
     with pytest.raises(JobTerminal):
-        await elsewhere.publish("keyed", done, request_key=RequestKey("k4", "d3"))
+        await elsewhere.publish("keyed", done, request_key=RequestKey.of("k4", b"d3"))
     assert await contract_store.get("keyed") == end
 
 
@@ -145,11 +145,11 @@ async def test_store_keeps_the_request_keys_of_a_jobs_last_keyed_updates(
 ) -> None:
     beat = Update(message="tick")
     for n in range(REQUEST_KEYS_KEPT + 1):
-        await contract_store.publish("window", beat, request_key=RequestKey(f"k{n}", "d"))
+        await contract_store.publish("window", beat, request_key=RequestKey.of(f"k{n}", b"d"))
     # The newest keys are held; the oldest has left the window and applies again.
-    held = await contract_store.publish("window", beat, request_key=RequestKey("k1", "d"))
+    held = await contract_store.publish("window", beat, request_key=RequestKey.of("k1", b"d"))
     assert held.seq == REQUEST_KEYS_KEPT + 1
-    anew = await contract_store.publish("window", beat, request_key=RequestKey("k0", "d"))
+    anew = await contract_store.publish("window", beat, request_key=RequestKey.of("k0", b"d"))
     assert anew.seq == REQUEST_KEYS_KEPT + 2
 
 
