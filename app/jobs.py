@@ -43,9 +43,10 @@ async def create_job(request: Request) -> Response:
     raw = await read_body(request)
     check_body_limits(raw)
     spec = decode_body(raw, CREATE_DECODER, empty=CreateJob())
+    key = request_key(request, raw)
     store: JobStore = request.state.store
     job_id = None if spec.job_id is msgspec.UNSET else spec.job_id
-    snapshot = await store.create(job_id, pipeline=spec.pipeline, meta=spec.meta)
+    snapshot = await store.create(job_id, pipeline=spec.pipeline, meta=spec.meta, request_key=key)
     log.info("job_created", job_id=snapshot.job_id, pipeline=spec.pipeline)
     body = msgspec.structs.asdict(snapshot)
     secret = request.state.settings.subscriber_secret

@@ -74,6 +74,13 @@ _JOB_ID_PARAM: Final = {
     "required": True,
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
+_IDEMPOTENCY_KEY_PARAM: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "The caller's name for this request (a UUID, say): repeated as it "
+    "was, after a 503 or a lost answer, it is applied once. A job keeps its last 64 keys.",
+    "schema": {"type": "string", "pattern": '^"?[!#-~]{1,255}"?$'},
+}
 _TOKEN_PARAM: Final = {
     "name": "token",
     "in": "query",
@@ -149,6 +156,7 @@ def _job_paths() -> Schema:
             "post": {
                 "summary": "Create a job",
                 "security": _WRITERS,
+                "parameters": [_IDEMPOTENCY_KEY_PARAM],
                 "requestBody": {
                     "required": False,
                     "content": {"application/json": {"schema": ref("CreateJob")}},
@@ -159,6 +167,7 @@ def _job_paths() -> Schema:
                     "400": _error("Invalid body, job id or pipeline"),
                     "409": _error("A job with this id exists"),
                     "413": _error(f"Body over {MAX_BODY_BYTES} bytes, or meta over 8 KiB"),
+                    "422": _error("The Idempotency-Key was used for another body"),
                 },
             },
         },
@@ -222,16 +231,7 @@ def _job_paths() -> Schema:
             "post": {
                 "summary": "Publish an update (creates the job if unknown)",
                 "security": _WRITERS,
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "description": "The caller's name for this update (a UUID, say): "
-                        "the request repeated as it was, after a 503 or a lost answer, "
-                        "is applied once. The job keeps its last 64 keys.",
-                        "schema": {"type": "string", "pattern": '^"?[!#-~]{1,255}"?$'},
-                    }
-                ],
+                "parameters": [_IDEMPOTENCY_KEY_PARAM],
                 "requestBody": {"required": True, "content": json_body},
                 "responses": {
                     **_WRITE,

@@ -103,8 +103,13 @@ class JobStore:
         *,
         pipeline: str | None = None,
         meta: dict[str, Any] | None = None,
+        request_key: RequestKey | None = None,
     ) -> Snapshot:
-        """Create a job (a random id when none is given); `JobExists` if it already exists."""
+        """Create a job (a random id when none is given); `JobExists` if it already exists.
+
+        With a `request_key`, a job this request's earlier try created is no `JobExists`:
+        its current snapshot is returned.
+        """
         job_id = job_id if job_id is not None else secrets.token_hex(8)
         check_job_id(job_id)
         try:
@@ -112,9 +117,13 @@ class JobStore:
         except ValueError as exc:
             raise InvalidUpdate(str(exc), field="pipeline") from None
         record = new_record(job_id, now=self._clock(), pipeline=resolved, meta=meta)
-        committed, _ = await self.broker.commit(self._commit(record, expected_seq=0))
+        committed, held = await self.broker.commit(
+            self._commit(record, expected_seq=0, request_key=request_key)
+        )
         if not committed:
             raise JobExists(job_id)
+        if held is not None:
+            return RECORD_DECODER.decode(held).snapshot
         # Its first update then commits against this record: one round trip, no read.
         self._remember(record)
         # No log line here: producers create jobs too (`pubsub.announce`, one per

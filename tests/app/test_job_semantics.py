@@ -247,3 +247,18 @@ async def test_publish_repeated_under_its_idempotency_key_is_applied_once(
     # A new key is a new update.
     second = await client.post(url, json=chunk, headers={"Idempotency-Key": "chunk-2"})
     assert second.json()["seq"] == 3
+
+
+async def test_create_repeated_under_its_idempotency_key_answers_201_again(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"job_id": "keyed-create", "meta": {"file": "a.pdf"}}
+    key = {"Idempotency-Key": "create-1"}
+    first = await client.post("/api/jobs", json=body, headers=key)
+    again = await client.post("/api/jobs", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    # Without the key, or with it for another body, the job's existence is the answer.
+    assert (await client.post("/api/jobs", json=body)).status_code == 409
+    other = await client.post("/api/jobs", json={"job_id": "keyed-create"}, headers=key)
+    assert other.status_code == 422
