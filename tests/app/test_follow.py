@@ -114,8 +114,7 @@ class HeldStream:
 
         async def held_send(message: Message) -> None:
             if message["type"] == "http.response.body":
-                while not self.release.is_set():
-                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(self.release.wait)
             await send(message)
 
         await self.app(scope, receive, held_send)
