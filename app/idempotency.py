@@ -1,5 +1,6 @@
-"""The `Idempotency-Key` of an HTTP publish: the caller's name for one update, so that a
-retry after a `503` or a lost answer is applied once (docs/api.md §8).
+"""The `Idempotency-Key` of an HTTP publish or create: the caller's name for one request,
+so that a retry after a `503` or a lost answer is applied once (docs/api.md §2,
+"Repeating a publish").
 
 The header is the IETF httpapi draft's: a string, quoted as a structured field or bare.
 """
