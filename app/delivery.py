@@ -32,6 +32,8 @@ class Delivery:
         self._broker = broker
         self._store = store
         self._channels = channels
+        # The channels a gap's resync has not given their snapshots yet (None: every one).
+        self._owed: set[str | None] | None = set()
 
     def on_message(self, raw: bytes, every_job: bool) -> None:
         """One envelope from the broker's feed (`every_job`: it came via the every-job feed)."""
@@ -107,19 +109,29 @@ class Delivery:
         """
         metrics.BROKER_RECONNECTS.inc()
         epoch = self._broker.feed_epoch
-        wanted = set(channels) if channels is not None else None
+        if channels is None or self._owed is None:
+            self._owed = None
+        else:
+            self._owed.update(channels)
         outage = Outage()
         # The feed is back, but reads may still fail for a moment (a failover's slot map
         # settling): retry on the publisher's schedule, or a stream whose job goes quiet
-        # would never hear of the events it missed. A newer gap runs its own resync.
+        # would never hear of the events it missed. A newer gap runs its own resync, and
+        # it takes over what this one still owes: that gap may be another shard's.
         while epoch == self._broker.feed_epoch:
+            owed = None if self._owed is None else set(self._owed)
             try:
-                await self._resync_once(wanted, epoch)
-                return
+                await self._resync_once(owed, epoch)
             except BrokerUnavailable:
                 if outage.failed(time.monotonic()):
                     log.warning("resync_failed", retrying=True)
                 await anyio.sleep(outage.delay)
+            else:
+                if owed is None:
+                    self._owed = set()
+                elif self._owed is not None:
+                    self._owed -= owed
+                return
 
     async def _resync_once(self, wanted: set[str | None] | None, epoch: int) -> None:
         followed = [
