@@ -31,12 +31,23 @@ SECURITY_HEADERS: Final = (
 )
 
 
+def request_header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's raw value (`name` in lower case), from one scan of the ASGI
+    list. Starlette's `Headers.get` raises and catches a KeyError for a header that is
+    absent, and the ones read this way are absent from most requests."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def incoming_request_id(scope: Scope) -> str | None:
     """The caller's `X-Request-ID`, when it is fit to log."""
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            return value.decode("ascii") if _REQUEST_ID_RE.fullmatch(value) else None
-    return None
+    value = request_header(scope, REQUEST_ID_HEADER)
+    if value is None or not _REQUEST_ID_RE.fullmatch(value):
+        return None
+    return value.decode("ascii")
 
 
 class EdgeHeadersMiddleware:

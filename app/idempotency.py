@@ -12,10 +12,11 @@ from typing import Final
 
 from starlette.requests import Request
 
+from progress_hub.headers import request_header
 from pubsub.broker import RequestKey
 from pubsub.errors import InvalidUpdate
 
-HEADER: Final = "idempotency-key"
+HEADER: Final = b"idempotency-key"
 # Visible ASCII with no space nor quote (the draft's string, its quotes taken off): what
 # fits a header and a log line.
 _KEY: Final = re.compile(r'"?([!#-~]{1,255})"?')
@@ -24,10 +25,10 @@ _KEY: Final = re.compile(r'"?([!#-~]{1,255})"?')
 def request_key(request: Request, body: bytes) -> RequestKey | None:
     """The request's key for its body, None without the header; `InvalidUpdate`
     for a key the hub cannot keep."""
-    raw = request.headers.get(HEADER)
+    raw = request_header(request.scope, HEADER)
     if raw is None:
         return None
-    match = _KEY.fullmatch(raw)
+    match = _KEY.fullmatch(raw.decode("latin-1"))
     if match is None:
         raise InvalidUpdate(
             "Idempotency-Key must be 1-255 visible ASCII characters with no space or "

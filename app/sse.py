@@ -18,6 +18,7 @@ from progress_hub.auth import require_reader
 from progress_hub.body import whole_number
 from progress_hub.delivery import MAX_DASHBOARD_JOBS
 from progress_hub.fanout import DRAIN_RETRY_MS, Fanout, Subscription
+from progress_hub.headers import request_header
 from progress_hub.jobs import path_job_id
 from progress_hub.mailbox import Mailbox
 from progress_hub.settings import Settings
@@ -94,13 +95,8 @@ def _last_event_id(request: Request) -> int | None:
     snapshot. A 400 would make a browser give up for good, which the contract keeps
     for 404, 403 and 204 (docs/api.md §3).
     """
-    raw: str | None = None
-    # The raw ASGI headers, scanned once: Starlette's `Headers.get` raises and catches a
-    # KeyError for a header that is absent, which a new client's header always is.
-    for name, value in request.scope["headers"]:
-        if name == LAST_EVENT_ID:
-            raw = value.decode("latin-1")
-            break
+    header = request_header(request.scope, LAST_EVENT_ID)
+    raw = header.decode("latin-1") if header is not None else None
     if not raw:
         raw = request.query_params.get("last_event_id") if request.scope["query_string"] else None
     return None if raw is None else whole_number(raw.strip())
