@@ -39,6 +39,7 @@ class Channel:
     """The broker feed epoch `last_seq` was given in. Until a gap's resync settles the
     channel, an event at or below it is not surely a repeat (`keep`)."""
     kept: list[tuple[Snapshot, bytes]] | None = None
+    """The events `keep` holds until `settle` (None: none, as in all but a gap's wake)."""
     snapshot: Snapshot | None = None
     """The job's latest snapshot seen since the subscription began (None: not yet)."""
     epoch: int = -1
