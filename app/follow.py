@@ -101,7 +101,9 @@ class Connection:
     """Stream `path` while that works and call `poll_once` while it does not.
 
     Args:
-        on_event: handles one SSE event; returns True when following is done.
+        on_event: handles one SSE event, told how many events the same response
+            delivered before it (0: the first since the stream opened); returns True
+            when following is done.
         poll_once: one poll; returns True when done, raises httpx.HTTPError or
             msgspec.DecodeError on a failure worth retrying.
         on_mode: told "live", "reconnecting" or "polling" as things change.
@@ -111,7 +113,7 @@ class Connection:
     path: str
     what: str
     params: dict[str, str | list[str]]
-    on_event: Callable[[ServerSentEvent], bool]
+    on_event: Callable[[ServerSentEvent, int], bool]
     poll_once: Callable[[], bool]
     on_mode: Callable[[str], None]
     poll_only: bool = False
@@ -202,6 +204,7 @@ class Connection:
 
     def _stream(self, *, catch_up: bool = False) -> tuple[bool, bool]:
         delivered = False
+        earlier = 0
         try:
             with connect_sse(
                 self.client, "GET", self.path, params=self.params, timeout=STREAM_TIMEOUT
@@ -219,10 +222,11 @@ class Connection:
                         self.retry_hint = sse.retry / 1000
                     if not sse.data:
                         continue  # a bare `retry:` block carries no event
-                    delivered = True
                     self.on_mode("live")
-                    if self.on_event(sse):
+                    if self.on_event(sse, earlier):
                         return True, True
+                    earlier += 1
+                    delivered = True
         except (httpx.TransportError, SSEError, msgspec.DecodeError) as exc:
             if isinstance(exc, httpx.TransportError) and not delivered:
                 self.unreachable = str(exc) or type(exc).__name__
@@ -268,6 +272,8 @@ class JobWatch:
     snapshot: Snapshot | None = None
     etag: str | None = None
     give_up_after: float = GIVE_UP_AFTER
+    response_seq: int = 0
+    """The seq of the last event the stream's current response delivered."""
 
     def follow(self) -> Snapshot:
         """Block until the job completes, fails or is cancelled."""
@@ -292,18 +298,32 @@ class JobWatch:
     def _params(self) -> dict[str, str | list[str]]:
         return {"token": self.token} if self.token else {}
 
-    def _accept(self, snapshot: Snapshot) -> bool:
-        """Show a snapshot once per seq; True when it is terminal."""
+    def _accept(self, snapshot: Snapshot, *, rewound: bool = False) -> bool:
+        """Show a snapshot once per seq; True when it is terminal. `rewound`: the hub said
+        the job went back to this seq (a failover lost its last writes)."""
         current = self.snapshot
-        if current and snapshot.seq <= current.seq and snapshot.created_at == current.created_at:
+        # An end is the job's last seq: one at or below what was shown is a rewound job
+        # that ended within the seqs it reused (the same rule as static/progress-client.js).
+        if (
+            current is not None
+            and snapshot.created_at == current.created_at  # else deleted and made again
+            and snapshot.seq <= current.seq
+            and not rewound
+            and not snapshot.is_terminal
+        ):
             return False
         self.snapshot = snapshot
         self.on_update(snapshot)
         return snapshot.is_terminal
 
-    def _on_event(self, sse: ServerSentEvent) -> bool:
+    def _on_event(self, sse: ServerSentEvent, earlier: int) -> bool:
         if sse.event in ("snapshot", "progress"):
-            return self._accept(SNAPSHOT_DECODER.decode(sse.data))
+            snapshot = SNAPSHOT_DECODER.decode(sse.data)
+            # Within one response the hub sends a snapshot below a seq it gave only for a
+            # rewound job; a response's first snapshot may trail a poll.
+            rewound = sse.event == "snapshot" and earlier > 0 and snapshot.seq < self.response_seq
+            self.response_seq = snapshot.seq
+            return self._accept(snapshot, rewound=rewound)
         if sse.event == "deleted":
             raise WatchStopped(f"job {self.job_id} was deleted", EXIT_FAILED)
         if sse.event == "end":
@@ -372,7 +392,7 @@ class AllWatch:
         self.on_change(self.jobs)
         return self.stop(self.jobs)
 
-    def _on_event(self, sse: ServerSentEvent) -> bool:
+    def _on_event(self, sse: ServerSentEvent, earlier: int) -> bool:
         snapshot = SNAPSHOT_DECODER.decode(sse.data)
         if sse.event == "deleted":
             self.jobs.pop(snapshot.job_id, None)

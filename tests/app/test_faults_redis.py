@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,11 @@ import msgspec
 import pytest
 import redis
 
+from progress_hub import follow
 from progress_hub.embedded import EmbeddedServer
 from pubsub.broker import open_broker
 from pubsub.brokers.keys import job_channel, job_key
-from pubsub.events import Update
+from pubsub.events import Snapshot, Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
 from tests.hub import spawn_hub
@@ -273,3 +275,37 @@ async def test_updates_reusing_lost_seqs_while_the_resync_reads_reach_the_stream
     events = [(block.event, block.seq) for block in blocks if block.event]
     # The stored state, then exactly the updates that reused the lost seqs.
     assert events[-4:] == [("snapshot", 3), ("progress", 4), ("progress", 5), ("end", 5)], events
+
+
+async def test_the_cli_watch_follows_a_job_whose_last_writes_were_lost_to_its_end(
+    own_redis: EmbeddedServer,
+) -> None:
+    # As above, followed by `progress-hub watch`'s follower instead of a raw stream.
+    job = "rewound-watch"
+    raw = redis.Redis.from_url(own_redis.url)
+    seen: list[int] = []
+    ended: list[Snapshot] = []
+    with spawn_hub({"PROGRESS_BROKER_URL": own_redis.url}) as hub:
+        async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+            for progress in (10, 20, 30):
+                await _publish(http, job, {"progress": progress})
+            kept = cast(dict[bytes, bytes], raw.hgetall(job_key(job)))
+            with httpx.Client(base_url=hub.url, timeout=10) as client:
+                watch = follow.JobWatch(client, job, lambda snapshot: seen.append(snapshot.seq))
+                watcher = threading.Thread(target=lambda: ended.append(watch.follow()), daemon=True)
+                watcher.start()
+                try:
+                    await eventually(lambda: seen, lambda s: s == [3], 10, "the opening")
+                    for progress in (40, 50):
+                        await _publish(http, job, {"progress": progress})
+                    await eventually(lambda: seen, lambda s: s[-1:] == [5], 10, "seq 5 shown")
+                    raw.hset(job_key(job), items=["seq", kept[b"seq"], "record", kept[b"record"]])
+                    raw.client_kill_filter(_type="pubsub")  # the feed's gap
+                    await eventually(lambda: seen, lambda s: s[-1:] == [3], 10, "rewound to 3")
+                    assert await _publish(http, job, {"status": "completed"}) == 4
+                    await eventually(lambda: ended, bool, 10, "the watch ended")
+                finally:
+                    watcher.join(10)
+    raw.close()
+    assert seen == [3, 4, 5, 3, 4]
+    assert (ended[0].seq, ended[0].status) == (4, "completed")

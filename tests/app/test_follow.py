@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import httpx
+import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from progress_hub import follow
 from pubsub import JobStatus, JobStore, Update, open_broker
+from pubsub.brokers.keys import job_key
 from tests.conditions import wait_until
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub, run_hub
@@ -208,3 +210,43 @@ def test_all_watch_drops_jobs_deleted_while_the_hub_was_away(start_hub: HubFacto
             following.join(CONVERGED)
             assert not following.is_alive(), f"jobs: {sorted(watcher.jobs)}; modes: {modes}"
     assert sorted(watcher.jobs) == ["keep-1"]
+
+
+def test_job_watch_ends_on_an_end_at_a_seq_it_already_showed(
+    start_hub: HubFactory, redis_url: str
+) -> None:
+    # A hub restarted on a Redis that lost its last writes: the job went on from seq 3
+    # and ended at seq 4, below the 5 the watcher showed. An end is the job's last seq.
+    hub = start_hub(retry_ms=100)
+    for progress in (10, 20, 30):
+        publish_to(hub.url, "job-r", status="running", progress=progress)
+    raw = redis.Redis.from_url(redis_url)
+    kept = cast(dict[bytes, bytes], raw.hgetall(job_key("job-r")))
+    shown: list[int] = []
+    with httpx.Client(base_url=hub.url, timeout=5) as client:
+        watcher = follow.JobWatch(
+            client, "job-r", lambda snapshot: shown.append(snapshot.seq), poll_interval=POLL
+        )
+        following = threading.Thread(target=watcher.follow, daemon=True)
+        following.start()
+        wait_until(lambda: shown == [3], DEADLINE, f"shown: {shown}")
+        for progress in (40, 50):
+            publish_to(hub.url, "job-r", progress=progress)
+        wait_until(lambda: shown[-1:] == [5], DEADLINE, f"shown: {shown}")
+        hub.stop()
+        raw.hset(job_key("job-r"), items=["seq", kept[b"seq"], "record", kept[b"record"]])
+        raw.close()
+        asyncio.run(_complete("job-r", redis_url))
+        with run_hub(hub.settings, port=port_of(hub)):
+            following.join(CONVERGED)
+            assert not following.is_alive(), f"still following; shown: {shown}"
+    assert watcher.snapshot is not None
+    assert (watcher.snapshot.seq, watcher.snapshot.status) == (4, "completed")
+
+
+async def _complete(job_id: str, redis_url: str) -> None:
+    store = JobStore(open_broker(redis_url))
+    try:
+        assert (await store.publish(job_id, Update(status=JobStatus.COMPLETED))).seq == 4
+    finally:
+        await store.broker.aclose()
