@@ -26,6 +26,7 @@ from pubsub.events import Snapshot
 log = structlog.get_logger(__name__)
 
 KEPT_AFTER_GAP: Final = 64
+GIVEN_AFTER_GAP: Final = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -40,6 +41,9 @@ class Channel:
     channel, an event at or below it is not surely a repeat (`keep`)."""
     kept: list[tuple[Snapshot, bytes]] | None = None
     """The events `keep` holds until `settle` (None: none, as in all but a gap's wake)."""
+    given_since_gap: dict[str, int] | None = None
+    """The every-job channel's: the newest seq of each job its streams were given since a
+    gap, until its resync settles it, which sends no job's snapshot older than that."""
     snapshot: Snapshot | None = None
     """The job's latest snapshot seen since the subscription began (None: not yet)."""
     epoch: int = -1
@@ -60,7 +64,19 @@ class Channel:
     def settle(self, epoch: int) -> list[tuple[Snapshot, bytes]]:
         """The channel is known current as of `epoch`: what it kept, oldest seq first."""
         kept, self.kept, self.shown_epoch = self.kept or [], None, epoch
+        self.given_since_gap = None
         return sorted(kept, key=lambda event: event[0].seq)
+
+    def given_after_gap(self, job_id: str, seq: int, epoch: int) -> None:
+        """Note an event the every-job channel's streams were given, if a gap's resync
+        is still to come (bounded: past that many jobs, the oldest are forgotten)."""
+        if self.shown_epoch == epoch:
+            return
+        given = self.given_since_gap if self.given_since_gap is not None else {}
+        given[job_id] = seq
+        if len(given) > GIVEN_AFTER_GAP:
+            del given[next(iter(given))]
+        self.given_since_gap = given
 
     def observe(self, snapshot: Snapshot, epoch: int) -> None:
         """Keep `snapshot` as the job's latest if it is newer than what is known."""
@@ -139,7 +155,9 @@ class Channels:
                 await asyncio.shield(channel.subscribed)
             return
         confirmed = asyncio.get_running_loop().create_future()
-        channel = self._channels[job_id] = Channel(subscribed=confirmed)
+        # Nothing given yet, so nothing missed: settled in the epoch it starts in.
+        epoch = self._broker.feed_epoch
+        channel = self._channels[job_id] = Channel(subscribed=confirmed, shown_epoch=epoch)
         channel.mailboxes.add(mailbox)
         metrics.SUBSCRIPTIONS.inc()
         try:

@@ -50,7 +50,7 @@ class Delivery:
             return
         data = ENCODER.encode(snapshot)
         if every_job:
-            self._every_job(channel, envelope.event, snapshot, data)
+            self._every_job(channel, envelope.event, snapshot, data, self._broker.feed_epoch)
         else:
             self._one_job(channel, envelope.event, snapshot, data)
 
@@ -87,8 +87,12 @@ class Delivery:
         metrics.EVENTS_DELIVERED.inc(delivered)
 
     @staticmethod
-    def _every_job(channel: Channel, kind: EventKind, snapshot: Snapshot, data: bytes) -> None:
+    def _every_job(
+        channel: Channel, kind: EventKind, snapshot: Snapshot, data: bytes, epoch: int
+    ) -> None:
         deleted = kind is EventKind.DELETED
+        if not deleted:
+            channel.given_after_gap(snapshot.job_id, snapshot.seq, epoch)
         frame = frames.event(b"deleted" if deleted else b"progress", data)
         # Queued with its seq, which a dashboard's opening read may cover
         # (`Mailbox.drop_covered`); a deletion never is: it must always arrive.
@@ -143,7 +147,7 @@ class Delivery:
         self._push_read(await self._store.get_many(job_ids), epoch)
         every_job = self._channels.get(None)
         if every_job is not None and (wanted is None or None in wanted):
-            await self._resync_dashboards(every_job)
+            await self._resync_dashboards(every_job, epoch)
 
     def _push_read(self, snapshots: list[Snapshot], epoch: int) -> None:
         """Give the streams of each followed job its snapshot read after a gap, then the
@@ -159,7 +163,11 @@ class Delivery:
                 if event.seq > channel.last_seq:
                     self._deliver(channel, event, data, epoch)
 
-    async def _resync_dashboards(self, channel: Channel) -> None:
+    async def _resync_dashboards(self, channel: Channel, epoch: int) -> None:
+        """Give the every-job streams the current snapshot of each job they show, except
+        where an event newer than the read already reached them: within one response a
+        snapshot older than an event it gave then means a rewound job, to a client
+        (static/progress-client.js)."""
         named: set[str] = set()
         unfiltered = False
         for mailbox in channel.mailboxes:
@@ -171,8 +179,11 @@ class Delivery:
         if unfiltered:
             for snapshot in await self._store.list_jobs(limit=MAX_DASHBOARD_JOBS):
                 snapshots.setdefault(snapshot.job_id, snapshot)
+        given = channel.given_since_gap or {}
         for snapshot in snapshots.values():
-            self._push_snapshot(channel, snapshot)
+            if given.get(snapshot.job_id, 0) <= snapshot.seq:
+                self._push_snapshot(channel, snapshot)
+        channel.settle(epoch)
 
     @staticmethod
     def _push_snapshot(channel: Channel, snapshot: Snapshot, *, rewound: bool = False) -> None:

@@ -300,8 +300,9 @@ export function watchAll(options = {}) {
   const { opts, env } = resolve(options);
   const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
   const limit = opts.limit || 500;
-  const known = new Map(); // job_id → {seq, createdAt, stamp}
+  const known = new Map(); // job_id → {seq, createdAt, stamp, response}
   let stamps = 0; // counts accepted updates: tells what a list read may predate
+  let responses = 0; // counts the stream's responses: `response` of a seq it gave
   const deleted = new Map(); // job_id → {createdAt, stamp}: deletions a list read may predate
   let mode = 'connecting';
   let closed = false;
@@ -313,13 +314,15 @@ export function watchAll(options = {}) {
     notify(opts.onModeChange, next, previous);
   }
 
-  function accept(next, source) {
+  /** `rewound`: the hub said the job went back to this seq (its writes were lost). */
+  function accept(next, source, rewound = false) {
     // closed: a read still on its way when close() was called reports nothing.
     if (!next || closed || (only && !only.has(next.job_id))) return;
     const seen = known.get(next.job_id);
-    if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt) return;
+    if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt && !rewound) return;
     stamps += 1;
-    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at, stamp: stamps });
+    const response = source === 'poll' ? 0 : responses;
+    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at, stamp: stamps, response });
     connection.noteChange();
     notify(opts.onUpdate, next, source);
   }
@@ -369,14 +372,27 @@ export function watchAll(options = {}) {
     return true;
   }
 
+  /** A handler that first counts a new response (its first event). */
+  const inResponse = (handler) => (data, earlier) => {
+    if (earlier === 0) responses += 1;
+    handler(data);
+  };
+
   const connection = createConnection({
     env,
     opts,
     streamUrl: () => buildUrl(opts.baseUrl, '/api/events', { job: only ? [...only] : null, token: opts.token }),
     listeners: {
-      snapshot: (data) => accept(parseSnapshot(data), 'snapshot'),
-      progress: (data) => accept(parseSnapshot(data), 'progress'),
-      deleted: (data) => remove(parseSnapshot(data)),
+      snapshot: inResponse((data) => {
+        const next = parseSnapshot(data);
+        // Within one response the hub sends a job's snapshot below a seq it gave that
+        // job only when the job was rewound (app/delivery.py, the dashboards' resync).
+        const seen = next && known.get(next.job_id);
+        const given = seen && seen.response === responses && seen.createdAt === next.created_at;
+        accept(next, 'snapshot', Boolean(given && next.seq < seen.seq));
+      }),
+      progress: inResponse((data) => accept(parseSnapshot(data), 'progress')),
+      deleted: inResponse((data) => remove(parseSnapshot(data))),
     },
     poll,
     // The stream opens with a snapshot of every listed job, so while we know of jobs

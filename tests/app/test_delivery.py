@@ -52,19 +52,25 @@ async def test_delivery_dashboard_opening_drops_the_events_it_covers() -> None:
 
 
 class FeedLosingBroker(MemoryBroker):
-    """The memory broker, with a feed that can be declared lost (its epoch moves) and
-    reads that fail while `down`. A cluster gives this timing (a second shard's
-    connection dropping while the first gap's reads still fail) but never on cue."""
+    """The memory broker, with a feed that can be declared lost (its epoch moves), reads
+    that fail while `down`, and reads whose answers wait. A cluster gives these timings
+    (a second shard's connection dropping while the first gap's reads still fail; an
+    event overtaking a read's answer) but never on cue."""
 
     def __init__(self) -> None:
         super().__init__()
         self.feed_epoch = 0
         self.down = False
+        self.answer: anyio.Event | None = None
+        """When set, reads are made at once and answered once it is set."""
 
     async def load_many(self, job_ids: Sequence[str]) -> list[bytes | None]:
         if self.down:
             raise BrokerUnavailable("the shard is failing over")
-        return await super().load_many(job_ids)
+        records = await super().load_many(job_ids)
+        if self.answer is not None:
+            await self.answer.wait()
+        return records
 
 
 async def test_a_gap_whose_resync_reads_fail_is_resynced_by_the_next_gaps_resync() -> None:
@@ -98,3 +104,45 @@ async def test_a_gap_whose_resync_reads_fail_is_resynced_by_the_next_gaps_resync
         tasks.cancel_scope.cancel()
     for job_id, batch in frames.items():
         assert batch is not None and b"event: snapshot" in batch, (job_id, batch)
+
+
+async def test_a_dashboards_resync_sends_no_snapshot_older_than_an_event_it_already_gave() -> None:
+    # Within one response, a job's snapshot older than an event it gave that job means
+    # a rewound job to the JS client: a resync read that an event overtook is not sent.
+    broker = FeedLosingBroker()
+    store = JobStore(broker)
+    channels = Channels(broker)
+    delivery = Delivery(broker, store, channels)
+    dashboard = Mailbox(None)
+
+    async def on_gap(channels: Collection[str | None]) -> None:
+        raise AssertionError("the test declares the gaps itself")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(broker.listen, delivery.on_message, on_gap)
+        await anyio.wait_all_tasks_blocked()
+        await channels.join(dashboard)
+        await store.publish("overtaken", Update(progress=10))
+        with anyio.fail_after(5):
+            assert await dashboard.next_frames() is not None
+        broker.feed_epoch += 1  # the gap
+        broker.answer = anyio.Event()
+        resynced = anyio.Event()
+
+        async def resync() -> None:
+            await delivery.resync()
+            resynced.set()
+
+        tasks.start_soon(resync)
+        await anyio.wait_all_tasks_blocked()  # the resync's read is made, its answer held
+        await store.publish("overtaken", Update(progress=20))  # seq 2, given live
+        broker.answer.set()
+        with anyio.fail_after(5):
+            await resynced.wait()
+            batch = await dashboard.next_frames()
+        await channels.leave(dashboard)
+        tasks.cancel_scope.cancel()
+    assert batch is not None
+    events = [line for line in batch.split(b"\n") if line.startswith(b"event: ")]
+    assert events == [b"event: progress"], batch
+    assert b'"seq":2' in batch, batch

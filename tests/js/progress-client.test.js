@@ -461,6 +461,39 @@ describe('watchAll', () => {
     assert.deepEqual(seen.modes, ['live', 'reconnecting', 'live']);
   });
 
+  test("a job's snapshot below a seq the same response gave it is a rewound job: taken", () => {
+    const { seen } = followAll();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 3 }));
+    es.emit('progress', snap({ job_id: 'a', seq: 4 }));
+    es.emit('progress', snap({ job_id: 'b', seq: 1 }));
+    // After the hub's feed came back to job a stored at seq 3 (writes lost), its resync
+    // says so, and the job's next update reuses seq 4.
+    es.emit('snapshot', snap({ job_id: 'a', seq: 3, progress: 30 }));
+    es.emit('progress', snap({ job_id: 'a', seq: 4, progress: 45 }));
+    assert.deepEqual(seen.updates, [
+      ['a', 3, 'snapshot'],
+      ['a', 4, 'progress'],
+      ['b', 1, 'progress'],
+      ['a', 3, 'snapshot'],
+      ['a', 4, 'progress'],
+    ]);
+  });
+
+  test("a response's opening snapshot below what was shown is not taken", () => {
+    const { seen } = followAll();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 5 }));
+    es.fail();
+    es.open(); // the browser's reconnect: a new response
+    es.emit('snapshot', snap({ job_id: 'b', seq: 1 }));
+    es.emit('snapshot', snap({ job_id: 'a', seq: 4 })); // given nothing in this response yet
+    assert.deepEqual(seen.updates, [
+      ['a', 5, 'snapshot'],
+      ['b', 1, 'snapshot'],
+    ]);
+  });
+
   test('an opened stream is live even before any event: a hub with no jobs sends none', () => {
     const { seen, handle } = followAll();
     FakeEventSource.latest().open();
