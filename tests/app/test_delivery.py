@@ -11,25 +11,31 @@ import anyio
 from progress_hub.channels import Channels
 from progress_hub.delivery import Delivery
 from progress_hub.mailbox import Mailbox
-from pubsub.broker import open_broker
+from pubsub.broker import Broker, open_broker
 from pubsub.brokers.memory import MemoryBroker
 from pubsub.errors import BrokerUnavailable
 from pubsub.events import Update
 from pubsub.store import JobStore
 
 
-async def test_delivery_dashboard_opening_drops_the_events_it_covers() -> None:
-    broker = open_broker("memory://")
+def _wired(broker: Broker) -> tuple[JobStore, Channels, Delivery]:
+    """A store, the channel registry and delivery on `broker`, as a hub wires them."""
     store = JobStore(broker)
     channels = Channels(broker)
-    delivery = Delivery(broker, store, channels)
+    return store, channels, Delivery(broker, store, channels)
+
+
+async def _no_gap(channels: Collection[str | None]) -> None:
+    raise AssertionError("no gap but the ones a test declares (it calls resync itself)")
+
+
+async def test_delivery_dashboard_opening_drops_the_events_it_covers() -> None:
+    broker = open_broker("memory://")
+    store, channels, delivery = _wired(broker)
     mailbox = Mailbox(None)
 
-    async def on_gap(channels: Collection[str | None]) -> None:
-        raise AssertionError("the memory broker's feed has no gaps")
-
     async with anyio.create_task_group() as feed:
-        feed.start_soon(broker.listen, delivery.on_message, on_gap)
+        feed.start_soon(broker.listen, delivery.on_message, _no_gap)
         await anyio.wait_all_tasks_blocked()
         await channels.join(mailbox)  # subscribed first, as `all_events` is
         await store.create("a")
@@ -75,16 +81,11 @@ class FeedLosingBroker(MemoryBroker):
 
 async def test_a_gap_whose_resync_reads_fail_is_resynced_by_the_next_gaps_resync() -> None:
     broker = FeedLosingBroker()
-    store = JobStore(broker)
-    channels = Channels(broker)
-    delivery = Delivery(broker, store, channels)
+    store, channels, delivery = _wired(broker)
     mailboxes = {job_id: Mailbox(job_id) for job_id in ("on-shard-1", "on-shard-2")}
 
-    async def on_gap(channels: Collection[str | None]) -> None:
-        raise AssertionError("the test declares the gaps itself")
-
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(broker.listen, delivery.on_message, on_gap)
+        tasks.start_soon(broker.listen, delivery.on_message, _no_gap)
         await anyio.wait_all_tasks_blocked()
         for job_id, mailbox in mailboxes.items():
             await store.create(job_id)
@@ -110,16 +111,11 @@ async def test_a_dashboards_resync_sends_no_snapshot_older_than_an_event_it_alre
     # Within one response, a job's snapshot older than an event it gave that job means
     # a rewound job to the JS client: a resync read that an event overtook is not sent.
     broker = FeedLosingBroker()
-    store = JobStore(broker)
-    channels = Channels(broker)
-    delivery = Delivery(broker, store, channels)
+    store, channels, delivery = _wired(broker)
     dashboard = Mailbox(None)
 
-    async def on_gap(channels: Collection[str | None]) -> None:
-        raise AssertionError("the test declares the gaps itself")
-
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(broker.listen, delivery.on_message, on_gap)
+        tasks.start_soon(broker.listen, delivery.on_message, _no_gap)
         await anyio.wait_all_tasks_blocked()
         await channels.join(dashboard)
         await store.publish("overtaken", Update(progress=10))
