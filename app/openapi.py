@@ -155,6 +155,8 @@ def _job_paths() -> Schema:
             },
             "post": {
                 "summary": "Create a job",
+                "description": "Under an Idempotency-Key, a body with no job_id names the "
+                "job after a digest of the key, so that a retry finds the job it made.",
                 "security": _WRITERS,
                 "parameters": [_IDEMPOTENCY_KEY_PARAM],
                 "requestBody": {

@@ -108,9 +108,11 @@ class JobStore:
         """Create a job (a random id when none is given); `JobExists` if it already exists.
 
         With a `request_key`, a job this request's earlier try created is no `JobExists`:
-        its current snapshot is returned.
+        its current snapshot is returned. A keyed create that names no job is named after
+        the key (`RequestKey.key`), so that its retry finds the job the first try made.
         """
-        job_id = job_id if job_id is not None else secrets.token_hex(8)
+        if job_id is None:
+            job_id = request_key.key if request_key is not None else secrets.token_hex(8)
         check_job_id(job_id)
         try:
             resolved = self.pipelines.resolve(pipeline)

@@ -262,3 +262,20 @@ async def test_create_repeated_under_its_idempotency_key_answers_201_again(
     assert (await client.post("/api/jobs", json=body)).status_code == 409
     other = await client.post("/api/jobs", json={"job_id": "keyed-create"}, headers=key)
     assert other.status_code == 422
+
+
+async def test_create_naming_no_job_repeated_under_its_key_makes_one_job(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"meta": {"file": "b.pdf"}}
+    key = {"Idempotency-Key": "create-unnamed-1"}
+    first = await client.post("/api/jobs", json=body, headers=key)
+    again = await client.post("/api/jobs", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["created_at"] == first.json()["created_at"]
+    other = await client.post("/api/jobs", json={"meta": {"file": "c.pdf"}}, headers=key)
+    assert other.status_code == 422
+    # Without a key, each request makes a job of its own.
+    unkeyed = [(await client.post("/api/jobs", json=body)).json()["job_id"] for _ in range(2)]
+    assert len({first.json()["job_id"], *unkeyed}) == 3
