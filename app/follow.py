@@ -358,6 +358,10 @@ class AllWatch:
     jobs: dict[str, Snapshot] = field(default_factory=dict)
     listed: bool = False
     give_up_after: float = GIVE_UP_AFTER
+    responses: int = 0
+    """The stream's responses so far, counted at the first event of each."""
+    shown_in: dict[str, int] = field(default_factory=dict)
+    """The response whose event each job's shown state came from (0: a list read)."""
 
     def follow(self) -> None:
         """Block until `stop` returns True after a change."""
@@ -382,22 +386,50 @@ class AllWatch:
             give_up_after=self.give_up_after,
         ).run()
 
-    def _accept(self, snapshot: Snapshot) -> None:
+    def _accept(self, snapshot: Snapshot, response: int = 0, *, rewound: bool = False) -> None:
+        """Show a snapshot once per seq (`response`: the one it came in, 0 for a read);
+        `rewound`: the hub said the job went back to this seq (a failover lost its last
+        writes). An end at or below the shown seq is such a job's too (`JobWatch`), taken
+        unless an end is what is shown."""
         current = self.jobs.get(snapshot.job_id)
-        if current and snapshot.seq <= current.seq and snapshot.created_at == current.created_at:
+        if (
+            current is not None
+            and snapshot.created_at == current.created_at  # else deleted and made again
+            and snapshot.seq <= current.seq
+            and not rewound
+            and not (snapshot.is_terminal and not current.is_terminal)
+        ):
             return
         self.jobs[snapshot.job_id] = snapshot
+        self.shown_in[snapshot.job_id] = response
+
+    def _forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self.shown_in.pop(job_id, None)
 
     def _changed(self) -> bool:
         self.on_change(self.jobs)
         return self.stop(self.jobs)
 
     def _on_event(self, sse: ServerSentEvent, earlier: int) -> bool:
+        if earlier == 0:
+            self.responses += 1
         snapshot = SNAPSHOT_DECODER.decode(sse.data)
         if sse.event == "deleted":
-            self.jobs.pop(snapshot.job_id, None)
+            self._forget(snapshot.job_id)
         else:
-            self._accept(snapshot)
+            # Within one response the hub sends a job's snapshot below a seq it gave that
+            # job only for a rewound job (app/delivery.py, the dashboards' resync); a
+            # response's opening snapshot may trail a list read.
+            current = self.jobs.get(snapshot.job_id)
+            rewound = (
+                sse.event == "snapshot"
+                and current is not None
+                and self.shown_in.get(snapshot.job_id) == self.responses
+                and snapshot.created_at == current.created_at
+                and snapshot.seq < current.seq
+            )
+            self._accept(snapshot, self.responses, rewound=rewound)
         if sse.event == "snapshot" and not self.listed:
             # Opening snapshots come one by one, newest first: without a full list
             # to update, `stop` would judge a half-loaded table.
@@ -417,7 +449,7 @@ class AllWatch:
             # A short page is everything there is: what is missing was deleted or expired.
             names = {job.job_id for job in page}
             for gone in [job_id for job_id in self.jobs if job_id not in names]:
-                del self.jobs[gone]
+                self._forget(gone)
         for snapshot in page:
             self._accept(snapshot)
         self.listed = True

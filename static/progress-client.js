@@ -300,7 +300,7 @@ export function watchAll(options = {}) {
   const { opts, env } = resolve(options);
   const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
   const limit = opts.limit || 500;
-  const known = new Map(); // job_id → {seq, createdAt, stamp, response}
+  const known = new Map(); // job_id → {seq, createdAt, stamp, response, ended}
   let stamps = 0; // counts accepted updates: tells what a list read may predate
   let responses = 0; // counts the stream's responses: `response` of a seq it gave
   const deleted = new Map(); // job_id → {createdAt, stamp}: deletions a list read may predate
@@ -319,10 +319,14 @@ export function watchAll(options = {}) {
     // closed: a read still on its way when close() was called reports nothing.
     if (!next || closed || (only && !only.has(next.job_id))) return;
     const seen = known.get(next.job_id);
-    if (seen && next.seq <= seen.seq && next.created_at === seen.createdAt && !rewound) return;
+    // An end at or below the shown seq is a rewound job's, as in watchJob (once).
+    const shown = seen && next.seq <= seen.seq && next.created_at === seen.createdAt;
+    const end = isTerminal(next.status);
+    if (shown && !rewound && !(end && !seen.ended)) return;
     stamps += 1;
     const response = source === 'poll' ? 0 : responses;
-    known.set(next.job_id, { seq: next.seq, createdAt: next.created_at, stamp: stamps, response });
+    const entry = { seq: next.seq, createdAt: next.created_at, stamp: stamps, response, ended: end };
+    known.set(next.job_id, entry);
     connection.noteChange();
     notify(opts.onUpdate, next, source);
   }

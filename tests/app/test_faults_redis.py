@@ -19,17 +19,17 @@ import msgspec
 import pytest
 import redis
 
-from progress_hub import follow
 from progress_hub.embedded import EmbeddedServer
 from pubsub.broker import open_broker
 from pubsub.brokers.keys import job_channel, job_key
-from pubsub.events import Snapshot, Update
+from pubsub.events import Update
 from pubsub.store import JobStore
 from tests.conditions import eventually
 from tests.hub import spawn_hub
 from tests.probes import metric
 from tests.proxy import HoldingRelay
 from tests.streams import RawStream
+from tests.watchers import WATCHES, Shown, watcher
 
 STREAMS = 100
 JOBS = 10
@@ -277,35 +277,36 @@ async def test_updates_reusing_lost_seqs_while_the_resync_reads_reach_the_stream
     assert events[-4:] == [("snapshot", 3), ("progress", 4), ("progress", 5), ("end", 5)], events
 
 
+@pytest.mark.parametrize("watch", WATCHES)
 async def test_the_cli_watch_follows_a_job_whose_last_writes_were_lost_to_its_end(
-    own_redis: EmbeddedServer,
+    own_redis: EmbeddedServer, watch: str
 ) -> None:
     # As above, followed by `progress-hub watch`'s follower instead of a raw stream.
-    job = "rewound-watch"
+    job = f"rewound-watch-{watch}"
     raw = redis.Redis.from_url(own_redis.url)
-    seen: list[int] = []
-    ended: list[Snapshot] = []
+    shown = Shown(job)
     with spawn_hub({"PROGRESS_BROKER_URL": own_redis.url}) as hub:
         async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
             for progress in (10, 20, 30):
                 await _publish(http, job, {"progress": progress})
             kept = cast(dict[bytes, bytes], raw.hgetall(job_key(job)))
             with httpx.Client(base_url=hub.url, timeout=10) as client:
-                watch = follow.JobWatch(client, job, lambda snapshot: seen.append(snapshot.seq))
-                watcher = threading.Thread(target=lambda: ended.append(watch.follow()), daemon=True)
-                watcher.start()
+                following = threading.Thread(
+                    target=watcher(watch, client, shown).follow, daemon=True
+                )
+                following.start()
                 try:
-                    await eventually(lambda: seen, lambda s: s == [3], 10, "the opening")
+                    await eventually(lambda: shown.seqs, lambda s: s == [3], 10, "the opening")
                     for progress in (40, 50):
                         await _publish(http, job, {"progress": progress})
-                    await eventually(lambda: seen, lambda s: s[-1:] == [5], 10, "seq 5 shown")
+                    await eventually(lambda: shown.seqs, lambda s: s[-1:] == [5], 10, "seq 5")
                     raw.hset(job_key(job), items=["seq", kept[b"seq"], "record", kept[b"record"]])
                     raw.client_kill_filter(_type="pubsub")  # the feed's gap
-                    await eventually(lambda: seen, lambda s: s[-1:] == [3], 10, "rewound to 3")
+                    await eventually(lambda: shown.seqs, lambda s: s[-1:] == [3], 10, "rewound")
                     assert await _publish(http, job, {"status": "completed"}) == 4
-                    await eventually(lambda: ended, bool, 10, "the watch ended")
+                    await eventually(lambda: following.is_alive(), lambda a: not a, 10, "the end")
                 finally:
-                    watcher.join(10)
+                    following.join(10)
     raw.close()
-    assert seen == [3, 4, 5, 3, 4]
-    assert (ended[0].seq, ended[0].status) == (4, "completed")
+    assert shown.seqs == [3, 4, 5, 3, 4]
+    assert shown.last is not None and (shown.last.seq, shown.last.status) == (4, "completed")

@@ -9,6 +9,7 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 import httpx
+import pytest
 import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +19,7 @@ from pubsub.brokers.keys import job_key
 from tests.conditions import wait_until
 from tests.conftest import HubFactory
 from tests.hub import ThreadHub, run_hub
+from tests.watchers import WATCHES, Shown, watcher
 
 DEADLINE = 20.0
 
@@ -212,36 +214,37 @@ def test_all_watch_drops_jobs_deleted_while_the_hub_was_away(start_hub: HubFacto
     assert sorted(watcher.jobs) == ["keep-1"]
 
 
-def test_job_watch_ends_on_an_end_at_a_seq_it_already_showed(
-    start_hub: HubFactory, redis_url: str
+@pytest.mark.parametrize("watch", WATCHES)
+def test_a_watch_ends_on_an_end_at_a_seq_it_already_showed(
+    start_hub: HubFactory, redis_url: str, watch: str
 ) -> None:
     # A hub restarted on a Redis that lost its last writes: the job went on from seq 3
     # and ended at seq 4, below the 5 the watcher showed. An end is the job's last seq.
+    job = f"job-r-{watch}"
     hub = start_hub(retry_ms=100)
     for progress in (10, 20, 30):
-        publish_to(hub.url, "job-r", status="running", progress=progress)
+        publish_to(hub.url, job, status="running", progress=progress)
     raw = redis.Redis.from_url(redis_url)
-    kept = cast(dict[bytes, bytes], raw.hgetall(job_key("job-r")))
-    shown: list[int] = []
+    kept = cast(dict[bytes, bytes], raw.hgetall(job_key(job)))
+    shown = Shown(job)
     with httpx.Client(base_url=hub.url, timeout=5) as client:
-        watcher = follow.JobWatch(
-            client, "job-r", lambda snapshot: shown.append(snapshot.seq), poll_interval=POLL
+        following = threading.Thread(
+            target=watcher(watch, client, shown, poll_interval=POLL).follow, daemon=True
         )
-        following = threading.Thread(target=watcher.follow, daemon=True)
         following.start()
-        wait_until(lambda: shown == [3], DEADLINE, f"shown: {shown}")
+        wait_until(lambda: shown.seqs == [3], DEADLINE, f"shown: {shown.seqs}")
         for progress in (40, 50):
-            publish_to(hub.url, "job-r", progress=progress)
-        wait_until(lambda: shown[-1:] == [5], DEADLINE, f"shown: {shown}")
+            publish_to(hub.url, job, progress=progress)
+        wait_until(lambda: shown.seqs[-1:] == [5], DEADLINE, f"shown: {shown.seqs}")
         hub.stop()
-        raw.hset(job_key("job-r"), items=["seq", kept[b"seq"], "record", kept[b"record"]])
+        raw.hset(job_key(job), items=["seq", kept[b"seq"], "record", kept[b"record"]])
         raw.close()
-        asyncio.run(_complete("job-r", redis_url))
+        asyncio.run(_complete(job, redis_url))
         with run_hub(hub.settings, port=port_of(hub)):
             following.join(CONVERGED)
-            assert not following.is_alive(), f"still following; shown: {shown}"
-    assert watcher.snapshot is not None
-    assert (watcher.snapshot.seq, watcher.snapshot.status) == (4, "completed")
+            assert not following.is_alive(), f"still following; shown: {shown.seqs}"
+    assert shown.last is not None
+    assert (shown.last.seq, shown.last.status) == (4, "completed")
 
 
 async def _complete(job_id: str, redis_url: str) -> None:

@@ -480,6 +480,19 @@ describe('watchAll', () => {
     ]);
   });
 
+  test('an end at a seq already shown is taken once (writes lost in a failover)', () => {
+    const { seen } = followAll();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 5 }));
+    // The job went on from seq 3 and completed at seq 4; a later read repeats the end.
+    es.emit('progress', snap({ job_id: 'a', seq: 4, status: 'completed', progress: 100 }));
+    es.emit('snapshot', snap({ job_id: 'a', seq: 4, status: 'completed', progress: 100 }));
+    assert.deepEqual(seen.updates, [
+      ['a', 5, 'snapshot'],
+      ['a', 4, 'progress'],
+    ]);
+  });
+
   test("a response's opening snapshot below what was shown is not taken", () => {
     const { seen } = followAll();
     const es = FakeEventSource.latest();
