@@ -96,6 +96,19 @@ def backoff(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX)
     return ceiling / 2 + random.random() * ceiling / 2
 
 
+def adds_nothing(snapshot: Snapshot, shown: Snapshot | None) -> bool:
+    """True when a watcher showing `shown` has nothing to take from `snapshot`: the same
+    job (not deleted and made again) at a seq it showed or passed. Except for a job whose
+    last writes were lost (docs/production.md, failover), which goes on reusing their
+    seqs: another write at the shown seq (each write has its own `updated_at`), and an
+    end, which is a job's last seq. The rule of static/progress-client.js."""
+    if shown is None or snapshot.created_at != shown.created_at or snapshot.seq > shown.seq:
+        return False
+    if snapshot.seq == shown.seq and snapshot.updated_at != shown.updated_at:
+        return False
+    return not snapshot.is_terminal or shown.is_terminal
+
+
 @dataclass(slots=True)
 class Connection:
     """Stream `path` while that works and call `poll_once` while it does not.
@@ -301,16 +314,7 @@ class JobWatch:
     def _accept(self, snapshot: Snapshot, *, rewound: bool = False) -> bool:
         """Show a snapshot once per seq; True when it is terminal. `rewound`: the hub said
         the job went back to this seq (a failover lost its last writes)."""
-        current = self.snapshot
-        # An end is the job's last seq: one at or below what was shown is a rewound job
-        # that ended within the seqs it reused (the same rule as static/progress-client.js).
-        if (
-            current is not None
-            and snapshot.created_at == current.created_at  # else deleted and made again
-            and snapshot.seq <= current.seq
-            and not rewound
-            and not snapshot.is_terminal
-        ):
+        if not rewound and adds_nothing(snapshot, self.snapshot):
             return False
         self.snapshot = snapshot
         self.on_update(snapshot)
@@ -389,16 +393,8 @@ class AllWatch:
     def _accept(self, snapshot: Snapshot, response: int = 0, *, rewound: bool = False) -> None:
         """Show a snapshot once per seq (`response`: the one it came in, 0 for a read);
         `rewound`: the hub said the job went back to this seq (a failover lost its last
-        writes). An end at or below the shown seq is such a job's too (`JobWatch`), taken
-        unless an end is what is shown."""
-        current = self.jobs.get(snapshot.job_id)
-        if (
-            current is not None
-            and snapshot.created_at == current.created_at  # else deleted and made again
-            and snapshot.seq <= current.seq
-            and not rewound
-            and not (snapshot.is_terminal and not current.is_terminal)
-        ):
+        writes)."""
+        if not rewound and adds_nothing(snapshot, self.jobs.get(snapshot.job_id)):
             return
         self.jobs[snapshot.job_id] = snapshot
         self.shown_in[snapshot.job_id] = response

@@ -69,6 +69,19 @@ export function isTerminal(status) {
   return TERMINAL_STATUSES.includes(status);
 }
 
+/**
+ * True when a watcher showing `shown` (null: nothing yet) has nothing to take from
+ * `next`: the same job (not deleted and made again) at a seq it showed or passed. Except
+ * for a job whose last writes were lost (docs/production.md, failover), which goes on
+ * reusing their seqs: another write at the shown seq (each write has its own
+ * `updated_at`), and an end, which is a job's last seq.
+ */
+function addsNothing(next, shown) {
+  if (!shown || next.created_at !== shown.created_at || next.seq > shown.seq) return false;
+  if (next.seq === shown.seq && next.updated_at !== shown.updated_at) return false;
+  return !isTerminal(next.status) || isTerminal(shown.status);
+}
+
 /** Build `baseUrl + path` with query parameters; arrays repeat the key, nullish values are left out. */
 export function buildUrl(baseUrl, path, params = {}) {
   const query = new URLSearchParams();
@@ -194,11 +207,7 @@ export function watchJob(jobId, options = {}) {
    */
   function accept(next, source, rewound = false) {
     if (!next || next.job_id !== jobId || ended) return;
-    // A job deleted and created again restarts at seq 1 with a new created_at.
-    const recreated = createdAt !== null && next.created_at !== createdAt;
-    // An end is the job's last seq: one at or below what we have means the stored
-    // history went back (a failover that lost writes) and the job ended in it.
-    if (next.seq <= lastSeq && !recreated && !rewound && !isTerminal(next.status)) return;
+    if (!rewound && addsNothing(next, snapshot)) return;
     lastSeq = next.seq;
     createdAt = next.created_at;
     snapshot = next;
@@ -300,7 +309,7 @@ export function watchAll(options = {}) {
   const { opts, env } = resolve(options);
   const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
   const limit = opts.limit || 500;
-  const known = new Map(); // job_id → {seq, createdAt, stamp, response, ended}
+  const known = new Map(); // job_id → {seq, createdAt, stamp, response, snapshot}
   let stamps = 0; // counts accepted updates: tells what a list read may predate
   let responses = 0; // counts the stream's responses: `response` of a seq it gave
   const deleted = new Map(); // job_id → {createdAt, stamp}: deletions a list read may predate
@@ -319,13 +328,10 @@ export function watchAll(options = {}) {
     // closed: a read still on its way when close() was called reports nothing.
     if (!next || closed || (only && !only.has(next.job_id))) return;
     const seen = known.get(next.job_id);
-    // An end at or below the shown seq is a rewound job's, as in watchJob (once).
-    const shown = seen && next.seq <= seen.seq && next.created_at === seen.createdAt;
-    const end = isTerminal(next.status);
-    if (shown && !rewound && !(end && !seen.ended)) return;
+    if (!rewound && addsNothing(next, seen ? seen.snapshot : null)) return;
     stamps += 1;
     const response = source === 'poll' ? 0 : responses;
-    const entry = { seq: next.seq, createdAt: next.created_at, stamp: stamps, response, ended: end };
+    const entry = { seq: next.seq, createdAt: next.created_at, stamp: stamps, response, snapshot: next };
     known.set(next.job_id, entry);
     connection.noteChange();
     notify(opts.onUpdate, next, source);

@@ -215,12 +215,14 @@ def test_all_watch_drops_jobs_deleted_while_the_hub_was_away(start_hub: HubFacto
 
 
 @pytest.mark.parametrize("watch", WATCHES)
-def test_a_watch_ends_on_an_end_at_a_seq_it_already_showed(
-    start_hub: HubFactory, redis_url: str, watch: str
+@pytest.mark.parametrize("reused", ["end", "seqs"])
+def test_a_watch_takes_the_updates_that_reused_seqs_it_showed(
+    start_hub: HubFactory, redis_url: str, watch: str, reused: str
 ) -> None:
-    # A hub restarted on a Redis that lost its last writes: the job went on from seq 3
-    # and ended at seq 4, below the 5 the watcher showed. An end is the job's last seq.
-    job = f"job-r-{watch}"
+    # A hub restarted on a Redis that lost its last writes: the job went on from seq 3,
+    # reusing the seqs 4 and 5 the watcher showed. It ended at seq 4 (an end is the job's
+    # last seq), or wrote seqs 4 and 5 again (another write at the shown seq is news).
+    job = f"job-r-{watch}-{reused}"
     hub = start_hub(retry_ms=100)
     for progress in (10, 20, 30):
         publish_to(hub.url, job, status="running", progress=progress)
@@ -239,17 +241,29 @@ def test_a_watch_ends_on_an_end_at_a_seq_it_already_showed(
         hub.stop()
         raw.hset(job_key(job), items=["seq", kept[b"seq"], "record", kept[b"record"]])
         raw.close()
-        asyncio.run(_complete(job, redis_url))
+        if reused == "end":
+            again = [Update(status=JobStatus.COMPLETED)]
+        else:
+            again = [Update(progress=45), Update(progress=55)]
+        assert asyncio.run(_publish_straight(job, redis_url, again)) == [4, 5][: len(again)]
         with run_hub(hub.settings, port=port_of(hub)):
+            if reused == "seqs":
+
+                def rewritten() -> bool:
+                    return shown.last is not None and shown.last.progress == 55
+
+                wait_until(rewritten, DEADLINE, f"shown: {shown.last}")
+                publish_to(hub.url, job, status="completed")
             following.join(CONVERGED)
             assert not following.is_alive(), f"still following; shown: {shown.seqs}"
-    assert shown.last is not None
-    assert (shown.last.seq, shown.last.status) == (4, "completed")
+    assert shown.last is not None and shown.last.status == "completed"
+    assert shown.last.seq == (4 if reused == "end" else 6)
 
 
-async def _complete(job_id: str, redis_url: str) -> None:
+async def _publish_straight(job_id: str, redis_url: str, updates: list[Update]) -> list[int]:
+    """Publish as a worker does, to Redis with no hub; the seqs they got."""
     store = JobStore(open_broker(redis_url))
     try:
-        assert (await store.publish(job_id, Update(status=JobStatus.COMPLETED))).seq == 4
+        return [(await store.publish(job_id, update)).seq for update in updates]
     finally:
         await store.broker.aclose()

@@ -126,6 +126,19 @@ describe('watchJob streaming', () => {
     ]);
   });
 
+  test('another write at the shown seq is taken: a rewound job reused it', () => {
+    const { seen } = follow();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 5, progress: 50, updated_at: 105 }));
+    es.emit('progress', snap({ seq: 5, progress: 50, updated_at: 105 })); // a repeat
+    // Seqs 4-5 were lost; the job's updates reused them before the hub's read after the gap.
+    es.emit('progress', snap({ seq: 5, progress: 55, updated_at: 107 }));
+    assert.deepEqual(seen.updates, [
+      [5, 'snapshot'],
+      [5, 'progress'],
+    ]);
+  });
+
   test("a response's first snapshot below what was shown is not taken (it may trail a poll)", () => {
     const { seen } = follow();
     const es = FakeEventSource.latest();
@@ -490,6 +503,21 @@ describe('watchAll', () => {
     assert.deepEqual(seen.updates, [
       ['a', 5, 'snapshot'],
       ['a', 4, 'progress'],
+    ]);
+  });
+
+  test("another write at a job's shown seq is taken: a rewound job reused it", () => {
+    const { seen } = followAll();
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ job_id: 'a', seq: 5, updated_at: 105 }));
+    // After the hub's feed came back, the job's updates that reused the lost seqs 4 and 5
+    // came before its resync read (which then finds seq 5 too).
+    es.emit('progress', snap({ job_id: 'a', seq: 4, updated_at: 106 }));
+    es.emit('progress', snap({ job_id: 'a', seq: 5, updated_at: 107 }));
+    es.emit('snapshot', snap({ job_id: 'a', seq: 5, updated_at: 107 }));
+    assert.deepEqual(seen.updates, [
+      ['a', 5, 'snapshot'],
+      ['a', 5, 'progress'],
     ]);
   });
 
