@@ -19,6 +19,12 @@ class Shown:
         self.job_id = job_id
         self.seqs: list[int] = []
         self.last: Snapshot | None = None
+        self.live = False
+        """The stream delivered an event: what is published from now on reaches it live
+        (`watch --all` shows a list read before its stream opens)."""
+
+    def mode(self, mode: str) -> None:
+        self.live = self.live or mode == "live"
 
     def update(self, snapshot: Snapshot) -> None:
         if snapshot is not self.last:
@@ -36,7 +42,9 @@ def watcher(
     """A follower of `shown`'s job (`watch`: one of `WATCHES`) that ends once it ended
     (`watch --all`: once no job is active)."""
     if watch == "job":
-        return follow.JobWatch(client, shown.job_id, shown.update, poll_interval=poll_interval)
+        return follow.JobWatch(
+            client, shown.job_id, shown.update, shown.mode, poll_interval=poll_interval
+        )
     return follow.AllWatch(
-        client, shown.change, stop=follow.nothing_active, poll_interval=poll_interval
+        client, shown.change, shown.mode, stop=follow.nothing_active, poll_interval=poll_interval
     )
