@@ -21,6 +21,10 @@ from tests.cluster import RedisCluster
 from tests.conditions import eventually
 from tests.conftest import HubFactory
 
+# A replica's first sync at once, not after the default 5 s wait for company (as in
+# tests/cluster.py).
+MASTER_ARGS = ["--repl-diskless-sync-delay", "0"]
+
 
 async def test_acknowledged_update_is_already_on_the_replica(
     redis_cluster: RedisCluster, cluster_url: str
@@ -67,7 +71,7 @@ async def test_tracker_retry_of_an_unconfirmed_update_counts_its_chunks_once(
     # but no WAIT confirms it, so the tracker retries it until one does.
     # Each in its own directory: a replica's first sync writes an RDB file.
     with (
-        EmbeddedServer(data_dir=tmp_path / "master") as master,
+        EmbeddedServer(data_dir=tmp_path / "master", extra_args=MASTER_ARGS) as master,
         EmbeddedServer(data_dir=tmp_path / "replica") as replica,
     ):
         reader = JobStore(open_broker(master.url))
@@ -98,7 +102,7 @@ async def test_http_retry_of_an_unconfirmed_update_under_its_key_counts_it_once(
 ) -> None:
     # What an HTTP worker does on a 503: send the same request again, key included.
     with (
-        EmbeddedServer(data_dir=tmp_path / "master") as master,
+        EmbeddedServer(data_dir=tmp_path / "master", extra_args=MASTER_ARGS) as master,
         EmbeddedServer(data_dir=tmp_path / "replica") as replica,
     ):
         hub = start_hub(broker_url=master.url, broker_replicas=1)
