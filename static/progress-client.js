@@ -309,7 +309,7 @@ export function watchAll(options = {}) {
   const { opts, env } = resolve(options);
   const only = Array.isArray(opts.jobs) && opts.jobs.length ? new Set(opts.jobs) : null;
   const limit = opts.limit || 500;
-  const known = new Map(); // job_id → {seq, createdAt, stamp, response, snapshot}
+  const known = new Map(); // job_id → {snapshot, stamp, response}: the shown state
   let stamps = 0; // counts accepted updates: tells what a list read may predate
   let responses = 0; // counts the stream's responses: `response` of a seq it gave
   const deleted = new Map(); // job_id → {createdAt, stamp}: deletions a list read may predate
@@ -331,8 +331,7 @@ export function watchAll(options = {}) {
     if (!rewound && addsNothing(next, seen ? seen.snapshot : null)) return;
     stamps += 1;
     const response = source === 'poll' ? 0 : responses;
-    const entry = { seq: next.seq, createdAt: next.created_at, stamp: stamps, response, snapshot: next };
-    known.set(next.job_id, entry);
+    known.set(next.job_id, { snapshot: next, stamp: stamps, response });
     connection.noteChange();
     notify(opts.onUpdate, next, source);
   }
@@ -343,7 +342,7 @@ export function watchAll(options = {}) {
     known.delete(gone.job_id);
     stamps += 1;
     deleted.delete(gone.job_id);
-    deleted.set(gone.job_id, { createdAt: seen.createdAt, stamp: stamps });
+    deleted.set(gone.job_id, { createdAt: seen.snapshot.created_at, stamp: stamps });
     if (deleted.size > MAX_REMEMBERED_DELETIONS) deleted.delete(deleted.keys().next().value);
     connection.noteChange();
     notify(opts.onDelete, gone);
@@ -376,7 +375,7 @@ export function watchAll(options = {}) {
     // brought while the list was on its way is newer than the list, not gone.
     if (jobs.length < limit) {
       for (const [jobId, seen] of [...known]) {
-        if (!listed.has(jobId) && seen.stamp <= issuedAt) remove({ job_id: jobId, seq: seen.seq });
+        if (!listed.has(jobId) && seen.stamp <= issuedAt) remove(seen.snapshot);
       }
     }
     return true;
@@ -398,8 +397,8 @@ export function watchAll(options = {}) {
         // Within one response the hub sends a job's snapshot below a seq it gave that
         // job only when the job was rewound (app/delivery.py, the dashboards' resync).
         const seen = next && known.get(next.job_id);
-        const given = seen && seen.response === responses && seen.createdAt === next.created_at;
-        accept(next, 'snapshot', Boolean(given && next.seq < seen.seq));
+        const shown = seen && seen.response === responses ? seen.snapshot : null;
+        accept(next, 'snapshot', Boolean(shown && shown.created_at === next.created_at && next.seq < shown.seq));
       }),
       progress: inResponse((data) => accept(parseSnapshot(data), 'progress')),
       deleted: inResponse((data) => remove(parseSnapshot(data))),
