@@ -216,8 +216,9 @@ export function watchJob(jobId, options = {}) {
     if (isTerminal(next.status)) end(next.status, next);
   }
 
-  async function poll() {
-    const headers = etag ? { 'If-None-Match': etag } : {};
+  /** `conditional`: with If-None-Match, so that an unchanged job costs a 304. */
+  async function poll(conditional = true) {
+    const headers = conditional && etag ? { 'If-None-Match': etag } : {};
     const response = await env.fetch(buildUrl(opts.baseUrl, jobPath, query()), { headers, cache: 'no-store' });
     if (response.status === 304) return true;
     if (response.status === 404) {
@@ -265,11 +266,12 @@ export function watchJob(jobId, options = {}) {
     },
     poll,
     // After a reconnect the browser resumes with Last-Event-ID and the hub sends only
-    // what we missed, possibly nothing; one read (a 304 when current) settles it, and
-    // also catches a job deleted and created again meanwhile, whose seqs start over.
+    // what we missed, possibly nothing; one read settles it, and also catches a job
+    // deleted and created again meanwhile, whose seqs start over. Without If-None-Match:
+    // such a job, or one rewound to our seq (writes lost), has our ETag.
     catchUp: async () => {
       const before = [lastSeq, createdAt];
-      const going = await poll();
+      const going = await poll(false);
       return going && (lastSeq !== before[0] || createdAt !== before[1]);
     },
     setMode,

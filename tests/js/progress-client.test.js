@@ -622,6 +622,22 @@ describe('converging after a reconnect', () => {
     assert.equal(fetch.calls.length, 1);
   });
 
+  test('watchJob reads the job in full when the stream reopens: a rewound job has its ETag', async () => {
+    const server = jobServer(snap({ seq: 5, progress: 50, updated_at: 105 }));
+    const { seen, clock, fetch } = follow('job-1', { fetchHandler: server.handler });
+    const es = FakeEventSource.latest();
+    es.emit('snapshot', snap({ seq: 5, progress: 50, updated_at: 105 }));
+    es.fail();
+    await clock.advance(DEFAULTS.pollIntervalMs); // a read while reconnecting: ETag "5"
+    // Redis lost seqs 4-5 and the job wrote them again; the browser resumes with
+    // Last-Event-ID 5, the job's current seq, so the hub has nothing to send.
+    server.job = snap({ seq: 5, progress: 55, updated_at: 107 });
+    es.open();
+    await clock.advance(0);
+    assert.deepEqual(seen.updates.at(-1), [5, 'poll']);
+    assert.ok(fetch.calls.every((call) => !call.init.headers['If-None-Match']));
+  });
+
   test('watchJob reads a silent reopened stream until openTimeoutMs, then trusts it', async () => {
     const server = jobServer(snap({ seq: 3 }));
     const { seen, clock, fetch } = follow('job-1', { fetchHandler: server.handler });
