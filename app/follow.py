@@ -17,7 +17,6 @@ event reports (tests/app/test_follow.py).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import structlog
 from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
 from pubsub import Snapshot
+from pubsub.backoff import backoff
 from pubsub.events import ACTIVE_STATUSES, SNAPSHOT_DECODER
 
 log = structlog.get_logger(__name__)
@@ -89,11 +89,9 @@ def refuse_unless_readable(
         )
 
 
-def backoff(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX) -> float:
-    """Seconds before retry number `failures`: doubling up to `cap`, with equal jitter."""
-    # The exponent is capped: past ~30 doublings any cap is reached, and 2.0 ** n overflows.
-    ceiling = min(cap, base * 2.0 ** min(max(0, failures - 1), 30))
-    return ceiling / 2 + random.random() * ceiling / 2
+def retry_delay(failures: int) -> float:
+    """Seconds before retry number `failures`: the JS client's schedule (pubsub/backoff.py)."""
+    return backoff(failures, BACKOFF_BASE, BACKOFF_MAX, jitter=True)
 
 
 def adds_nothing(snapshot: Snapshot, shown: Snapshot | None) -> bool:
@@ -159,7 +157,7 @@ class Connection:
             reconnect = True
             failures = 0 if delivered else failures + 1
             self.on_mode("reconnecting")
-            if self._wait(max(self.retry_hint or 0.0, backoff(max(1, failures)))):
+            if self._wait(max(self.retry_hint or 0.0, retry_delay(failures))):
                 return
 
     def _answered(self) -> None:
@@ -186,7 +184,9 @@ class Connection:
         failures = 0
         left = seconds  # counted in what was slept, so that an injected sleep is obeyed
         while left > 0:
-            pause = max(self.poll_interval, backoff(failures)) if failures else self.poll_interval
+            pause = self.poll_interval
+            if failures:
+                pause = max(pause, retry_delay(failures))
             step = min(left, pause)
             self._sleep_unless_gone(step)
             left -= step
@@ -259,7 +259,7 @@ class Connection:
                     self._answered()
                 log.debug("watch_poll_failed", path=self.path, error=str(exc))
                 self.on_mode("reconnecting")
-                self._sleep_unless_gone(backoff(failures))
+                self._sleep_unless_gone(retry_delay(failures))
                 continue
             self._answered()
             if done:

@@ -1,12 +1,33 @@
-"""Retrying with exponential backoff while the broker is down: when to try next, since when."""
+"""Retrying with exponential backoff: how long to wait after some failures in a row, and
+the current broker outage as one retrying loop sees it (when to try next, since when).
+
+One formula for every retry of ours: the publisher's backlog, the subscription feed and
+the resync after a gap wait on `Outage` (50 ms doubling to 2 s: the broker is near, and
+a worker's update should not wait long); `progress-hub watch` waits on `backoff` with
+the JS client's schedule (1 s doubling to 30 s, jittered: many watchers of one hub must
+not come back in step; app/follow.py, docs/dashboard.md). redis-py itself retries
+nothing (pubsub/brokers/connect.py).
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Final
 
 FIRST_DELAY: Final = 0.05
 MAX_DELAY: Final = 2.0
+
+
+def backoff(
+    failures: int, first: float = FIRST_DELAY, cap: float = MAX_DELAY, *, jitter: bool = False
+) -> float:
+    """Seconds to wait after `failures` failed attempts in a row (fewer than 1 count as 1):
+    `first`, doubling up to `cap`; with `jitter`, anywhere in the upper half of that
+    ("equal jitter"), never less than half of it."""
+    # The exponent is capped: past ~30 doublings any cap is reached, and 2.0 ** n overflows.
+    ceiling = min(cap, first * 2.0 ** min(max(0, failures - 1), 30))
+    return ceiling / 2 + random.random() * ceiling / 2 if jitter else ceiling
 
 
 @dataclass(slots=True)
@@ -15,7 +36,10 @@ class Outage:
 
     since: float | None = None
     retry_at: float = 0.0
+    failures: int = 0
+    """Failed attempts since the outage began."""
     delay: float = FIRST_DELAY
+    """Seconds from the last failed attempt to the next (`backoff`)."""
 
     @property
     def ongoing(self) -> bool:
@@ -26,9 +50,9 @@ class Outage:
         """Note a failed attempt and schedule the next; True when it starts an outage."""
         started = self.since is None
         if started:
-            self.since, self.delay = now, FIRST_DELAY
-        else:
-            self.delay = min(self.delay * 2, MAX_DELAY)
+            self.since, self.failures = now, 0
+        self.failures += 1
+        self.delay = backoff(self.failures)
         self.retry_at = now + self.delay
         return started
 
