@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import subprocess
@@ -24,6 +23,7 @@ from progress_hub.logs import configure_logging
 from progress_hub.main import create_app
 from progress_hub.settings import ENV_PREFIX, HELP, Settings, comma_list
 from progress_hub.shutdown import HubServer, ShutdownNotice
+from progress_hub.tuning import keep_off_huge_pages, tune_gc
 from pubsub.broker import unreachable_hint
 from pubsub.brokers.connect import SCHEMES, address_of, plain_url, tls_refusal
 
@@ -33,7 +33,6 @@ EXIT_BAD_CONFIG = 2
 # How long streams that cannot take the goodbye (stuck clients) may hold up the exit.
 SHUTDOWN_GRACE_SECONDS = 5
 BROKER_CHECK_TIMEOUT = 2.0
-GC_YOUNG_THRESHOLD = 50_000
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -87,6 +86,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     """Run the hub until SIGINT/SIGTERM; start an embedded server when no broker is set."""
     configure_logging(json=args.log_json)
+    keep_off_huge_pages()  # first: before most of what the hub will allocate
     try:
         settings = _settings_from(args)
         create_app(replace(settings, broker_url=settings.broker_url or "memory://"))
@@ -138,7 +138,7 @@ def serve(args: argparse.Namespace) -> int:
         # The hub ends its own streams on shutdown (app.shutdown); sse-starlette's watcher
         # would otherwise race it and cut streams before they hear where to reconnect.
         AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-        _tune_gc()
+        tune_gc()
         HubServer(config, notice).run()
         return 0
     finally:
@@ -206,21 +206,6 @@ def broker_problem(url: str) -> str | None:
     finally:
         client.close()
     return None
-
-
-def _tune_gc() -> None:
-    """Collect garbage less often than CPython's default, for a process that holds many
-    long-lived objects (every open stream) and allocates briskly (every connect).
-
-    With the default threshold (700 allocations), a hub opening 5,000 streams ran 880
-    young collections, each walking objects that live as long as their stream: 360 µs
-    of CPU per connect, against 212 µs with this setting (docs/performance.md, /proc CPU
-    over 5,000 connects). Garbage cycles wait a little longer, a few MB at most. `gc.freeze()` moves
-    what start-up built (modules, the app) out of every later collection's way.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def token(args: argparse.Namespace) -> int:

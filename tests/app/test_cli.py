@@ -78,6 +78,25 @@ def test_serve_killed_hard_takes_its_embedded_server_down_too(tmp_path: Path) ->
     wait_until(lambda: _gone(servers[0]), 10, "the embedded server outlived a SIGKILLed hub")
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_serve_and_its_embedded_server_keep_off_transparent_huge_pages(tmp_path: Path) -> None:
+    # Where the machine's setting is `always`, 2 MiB pages hold the hub's RSS up in 2 MiB
+    # steps (app/tuning.py); the test runner's own process may have them.
+    with spawn_hub(_env_without_progress_settings(), "--data-dir", str(tmp_path)) as hub:
+        pids = [hub.process.pid, *_children(hub.process.pid)]
+        states = {pid: _status(pid, "THP_enabled") for pid in pids}
+    assert len(states) == 2 and set(states.values()) == {"0"}, states
+
+
+def _status(pid: int, field: str) -> str:
+    """A field of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return value.strip()
+    raise AssertionError(f"/proc/{pid}/status has no {field}")
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
