@@ -325,7 +325,14 @@ async def run(args: argparse.Namespace) -> Report:
         if built:
             await regimes.regime_rows(ctx, report, console, chosen)
         if "growth" in chosen and built:
-            await growth.growth_rows(ctx, report, console, args.growth_jobs, args.growth_streams)
+            await growth.growth_rows(
+                ctx,
+                report,
+                console,
+                args.growth_jobs,
+                args.growth_streams,
+                on_cluster="cluster" in chosen,
+            )
         if "scaling" in chosen and built:
             await scaling_rows(ctx, report, lambda: library.hub_target(redis_url))
         if "cluster" in chosen and built:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from bench.cluster import CLUSTER_MASTERS
 from bench.http import HttpConnection, Response
 from bench.procs import Server, flush_redis
 from bench.report import Report, Row, attempt
@@ -40,6 +41,7 @@ from bench.scenarios import Context
 from bench.targets import HubTarget
 from pubsub.brokers.slotkeys import SLOT_KEYS_CACHED
 from pubsub.store import KNOWN_RECORDS
+from tests.cluster import running_cluster
 
 CONCURRENCY = 64
 WARM_UP_JOBS = 6_000
@@ -232,14 +234,20 @@ async def rss_settled(srv: Server) -> int:
 
 
 async def growth(
-    ctx: Context, target: HubTarget, jobs: int = MEASURED_JOBS, one_job: bool = False
+    ctx: Context,
+    target: HubTarget,
+    jobs: int = MEASURED_JOBS,
+    one_job: bool = False,
+    fresh_url: str | None = None,
 ) -> Growth:
     """Warm up, then follow `jobs` distinct jobs once each, reading RSS every
     `READING_EVERY` jobs (each reading once the hub holds no stream). With `one_job`,
     every stream (warm-up included) goes to one job finished before the first: what a
-    connection leaves behind, with no new job at all."""
-    await flush_redis(ctx.redis_url)
-    async with target.server(ctx.redis_url, ctx.log_dir) as srv:
+    connection leaves behind, with no new job at all. `fresh_url`: an empty broker to use
+    instead of the bench's Redis (the cluster's)."""
+    if fresh_url is None:
+        await flush_redis(ctx.redis_url)
+    async with target.server(fresh_url or ctx.redis_url, ctx.log_dir) as srv:
         finished = None
         if one_job:
             finished = "finished"
@@ -263,11 +271,17 @@ async def growth(
 
 
 async def growth_rows(
-    ctx: Context, report: Report, console: Console, jobs: int = MEASURED_JOBS, streams: int = 0
+    ctx: Context,
+    report: Report,
+    console: Console,
+    jobs: int = MEASURED_JOBS,
+    streams: int = 0,
+    on_cluster: bool = False,
 ) -> None:
     """The growth row: RSS bytes per distinct job followed once, after the warm-up; with
     more than `MEASURED_JOBS` jobs, a second row for the last `MEASURED_JOBS` of them.
-    With `streams`, the same rows for that many streams to one finished job."""
+    With `streams`, the same rows for that many streams to one finished job; with
+    `on_cluster`, the job rows again for a hub on a fresh 3-master cluster."""
     runs = [("job", "growth", jobs, False)]
     if streams:
         runs.append(("stream to one finished job", "growth_one_job", streams, True))
@@ -279,11 +293,30 @@ async def growth_rows(
             ctx.raw,
         )
         _growth_rows(ctx, report, console, fig, what, key)
+    if on_cluster:
+        # Started from this (the main) thread: servers are tied to the thread that forks them.
+        where = f"{CLUSTER_MASTERS}-master cluster"
+        with running_cluster(masters=CLUSTER_MASTERS, replicas=0, node_timeout_ms=5000) as nodes:
+            fig = await attempt(
+                console,
+                f"growth per job, {where}",
+                lambda: growth(ctx, HubTarget(), jobs, fresh_url=nodes.url),
+                ctx.raw,
+            )
+        _growth_rows(ctx, report, console, fig, "job", "growth_cluster", where)
 
 
 def _growth_rows(
-    ctx: Context, report: Report, console: Console, fig: Growth | None, what: str, key: str
+    ctx: Context,
+    report: Report,
+    console: Console,
+    fig: Growth | None,
+    what: str,
+    key: str,
+    where: str = "",
 ) -> None:
+    """The rows of one growth run; `where`: the broker, when not the bench's Redis."""
+    on = f", {where}" if where else ""
     if fig is not None:
         ctx.raw[key] = {
             "jobs": fig.jobs, "warm_up_jobs": WARM_UP_JOBS, "rss_before": fig.rss_before,
@@ -298,7 +331,7 @@ def _growth_rows(
     unit = "B/job" if what == "job" else "B/stream"
     report.add(
         Row(
-            f"RSS growth per {what} followed once, {MEASURED_JOBS:,}",
+            f"RSS growth per {what} followed once, {MEASURED_JOBS:,}{on}",
             unit,
             fig.bytes_per_job if fig else None,
             GROWTH_TARGET if what == "job" else None,
@@ -317,7 +350,7 @@ def _growth_rows(
         first, last = fig.steady[0][0], fig.steady[-1][0]
         report.add(
             Row(
-                f"RSS growth per {what}, second half of {last:,} (least squares)",
+                f"RSS growth per {what}, second half of {last:,} (least squares){on}",
                 unit,
                 fig.steady_bytes_per_job,
                 GROWTH_TARGET if what == "job" else None,
