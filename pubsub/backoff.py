@@ -38,8 +38,11 @@ class Outage:
     retry_at: float = 0.0
     failures: int = 0
     """Failed attempts since the outage began."""
-    delay: float = FIRST_DELAY
-    """Seconds from the last failed attempt to the next (`backoff`)."""
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the last failed attempt to the next (`backoff`)."""
+        return backoff(self.failures)
 
     @property
     def ongoing(self) -> bool:
@@ -52,7 +55,6 @@ class Outage:
         if started:
             self.since, self.failures = now, 0
         self.failures += 1
-        self.delay = backoff(self.failures)
         self.retry_at = now + self.delay
         return started
 
